@@ -1,0 +1,1 @@
+"""The tapct command line."""

@@ -1,0 +1,3 @@
+"""tapct_data (being built)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""tapct_eval (being built)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""tapct_ssl (being built)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""tapct_vit3d (being built)."""
+
+__all__: list[str] = []
