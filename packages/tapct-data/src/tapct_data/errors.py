@@ -1,0 +1,22 @@
+"""Errors and warnings raised by the readers."""
+
+from __future__ import annotations
+
+__all__ = ["DicomGeometryWarning", "NotCTError", "NotCTWarning"]
+
+
+class NotCTError(ValueError):
+    """The input is not a CT in Hounsfield units (e.g. an MR volume).
+
+    Raised by `read_volume` when the DICOM Modality is not ``CT`` or, for files without a
+    modality (NIfTI, NRRD, MHA), when the intensities are far from HU. Pass
+    ``allow_non_ct=True`` to read anyway (a `NotCTWarning` is issued instead).
+    """
+
+
+class NotCTWarning(UserWarning):
+    """Issued when a non-CT input is read with ``allow_non_ct=True``."""
+
+
+class DicomGeometryWarning(UserWarning):
+    """A DICOM series needed a documented geometric fix (e.g. gantry tilt resampled)."""
