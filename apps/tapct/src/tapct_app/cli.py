@@ -1,5 +1,368 @@
-"""Placeholder until the app lands."""
+"""The ``tapct`` command line (Typer). Thin: parse, build configs, call, report.
+
+Heavy imports (torch, the four libraries) happen inside the commands so that
+``tapct --help`` is instant. A user's mistake ends with ``tapct: error: <one line>`` on
+stderr and exit status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tapct_app.errors import EXIT_USER_ERROR, UserError, one_line
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="tapct",
+    help="TAP-CT: 3D DINOv2 pretraining, embedding and benchmarking of CT foundation models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+_STATE = {"debug": False}
 
 
-def main() -> None:
-    raise SystemExit("tapct: not built yet")
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"tapct {version('tapct')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks for errors (and library warnings).")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """TAP-CT command line."""
+    _STATE["debug"] = debug or bool(os.environ.get("TAPCT_DEBUG"))
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+def _runtime_policy() -> None:
+    """The app's warning and logging policy (libraries never set these)."""
+    import logging
+    import warnings
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not _STATE["debug"]:
+        # Known noisy third-party warnings that say nothing to a user of the CLI.
+        warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+
+
+def _parse_triplet(text: str | None, option: str) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    parts = text.replace("x", ",").split(",")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise UserError(f"{option} {text!r}: expected three integers D,H,W") from None
+    if len(values) != 3 or any(v <= 0 for v in values):
+        raise UserError(f"{option} {text!r}: expected three positive integers D,H,W")
+    return values  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- pretrain
+
+
+@app.command()
+def pretrain(
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config", "-c", help="YAML/TOML config file or a shipped config name (tapct configs)."
+        ),
+    ] = None,
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--data", "-d", help="Scan file, DICOM folder or zarr store (repeatable)."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Run directory.")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option("--preset", "-p", help="Model preset (tapct models).")
+    ] = None,
+    iterations: Annotated[int | None, typer.Option(help="Optimizer steps of the run.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", "-b", help="Samples per device per micro-batch.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of every random choice.")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Continue from OUTPUT's last checkpoint.")
+    ] = True,
+    device: Annotated[
+        str | None, typer.Option(help="auto (default), cpu, cuda or cuda:N.")
+    ] = None,
+    stop_after: Annotated[
+        int | None,
+        typer.Option(
+            help="Stop after this many iterations of this invocation (schedules still span "
+            "--iterations); resume later with the same command."
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override any config value: section.key=value (repeatable)."),
+    ] = None,
+) -> None:
+    """3D DINOv2 pretraining (paper Table 7). With no arguments: a short CPU demo on phantoms.
+
+    Scan files and DICOM folders are first converted into a zarr store cache under
+    OUTPUT/cache. Checkpoints go to OUTPUT/checkpoints, the teacher backbone is exported
+    to OUTPUT/model (model.safetensors + config.json). Multi-GPU:
+    torchrun --nproc_per_node N -m tapct_app pretrain ...
+    """
+    _runtime_policy()
+    from tapct_app.pretrain import pretrain_command
+
+    pretrain_command(
+        config=config,
+        data=[str(p) for p in data or []],
+        output=output,
+        preset=preset,
+        iterations=iterations,
+        batch_size=batch_size,
+        seed=seed,
+        resume=resume,
+        device=device,
+        stop_after=stop_after,
+        overrides=set_ or [],
+        console=_console(),
+    )
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint-*.pt file or a run directory.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.")],
+    which: Annotated[
+        str, typer.Option(help="teacher (default, as the paper) or student.")
+    ] = "teacher",
+) -> None:
+    """Export a backbone from a training checkpoint (model.safetensors + config.json)."""
+    _runtime_policy()
+    from tapct_app.pretrain import export_command
+
+    export_command(checkpoint, output, which, console=_console())
+
+
+# --------------------------------------------------------------------------- embed
+
+
+@app.command()
+def embed(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Scans: NIfTI/NRRD/MHA files, DICOM folders, zarr stores.")
+    ],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Model directory (save_pretrained) or a preset.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory.")],
+    roi: Annotated[
+        str | None,
+        typer.Option(help="Sliding-window size D,H,W in voxels (default: the model's input)."),
+    ] = None,
+    overlap: Annotated[float, typer.Option(help="Sliding-window overlap in [0, 1).")] = 0.25,
+    fmt: Annotated[
+        str, typer.Option("--format", help="safetensors (default) or zarr.")
+    ] = "safetensors",
+    in_plane: Annotated[
+        str | None,
+        typer.Option(help="Resize each slice to H,W first (paper: 224,224); default: keep."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    pca: Annotated[bool, typer.Option("--pca/--no-pca", help="Write the PCA picture.")] = True,
+) -> None:
+    """Embed scans: dense patch features (E, t, h, w) and window cls tokens, plus a PCA picture."""
+    _runtime_policy()
+    from tapct_app.embed import embed_command
+
+    embed_command(
+        inputs=inputs,
+        model=model,
+        output=output,
+        roi=_parse_triplet(roi, "--roi"),
+        overlap=overlap,
+        fmt=fmt,
+        in_plane=_parse_pair(in_plane, "--in-plane"),
+        device=device,
+        pca=pca,
+        console=_console(),
+    )
+
+
+def _parse_pair(text: str | None, option: str) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(p) for p in text.replace("x", ",").split(","))
+    except ValueError:
+        raise UserError(f"{option} {text!r}: expected two integers H,W") from None
+    if len(values) != 2 or any(v <= 0 for v in values):
+        raise UserError(f"{option} {text!r}: expected two positive integers H,W")
+    return values  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+@app.command()
+def benchmark(
+    task_file: Annotated[Path, typer.Argument(help="Task file (YAML/JSON) for tapct_eval.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Model directory (save_pretrained) or a preset.")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Results directory.")
+    ] = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds (paper: 0,1,2).")] = "0,1,2",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Frozen-feature benchmark (linear segmentation probe / ABMIL): tables, JSON/CSV, figures."""
+    _runtime_policy()
+    from tapct_app.benchmark import benchmark_command
+
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(","))
+    except ValueError:
+        raise UserError(f"--seeds {seeds!r}: expected comma-separated integers") from None
+    benchmark_command(task_file, model, output, seed_list, device, console=_console())
+
+
+# --------------------------------------------------------------------------- data tools
+
+
+@app.command()
+def preprocess(
+    inputs: Annotated[list[Path], typer.Argument(help="Scan files or DICOM folders.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The zarr store to write.")],
+) -> None:
+    """Convert scans into a chunked zarr store for pretraining (resumable)."""
+    _runtime_policy()
+    from tapct_app.preprocess import preprocess_command
+
+    preprocess_command(inputs, output, console=_console())
+
+
+@app.command()
+def fingerprint(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Scan files, DICOM folders or a zarr store.")
+    ],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="JSON file.")] = None,
+) -> None:
+    """Foreground intensity statistics (0.5/99.5 percentiles, mean, std) for ClipNormalize."""
+    _runtime_policy()
+    from tapct_app.preprocess import fingerprint_command
+
+    fingerprint_command(inputs, output, console=_console())
+
+
+@app.command()
+def models() -> None:
+    """List the model presets with parameter counts and token counts."""
+    _runtime_policy()
+    from tapct_app.model_table import models_command
+
+    models_command(console=_console())
+
+
+@app.command()
+def configs() -> None:
+    """List the shipped pretraining configs (use with --config NAME)."""
+    from tapct_app.config_file import list_shipped_configs, shipped_config_path
+
+    for name in list_shipped_configs():
+        typer.echo(f"{name:12s} {shipped_config_path(name)}")
+
+
+@app.command()
+def retrieve(
+    query_scan: Annotated[Path, typer.Argument(help="The initial scan.")],
+    query_mask: Annotated[Path, typer.Argument(help="Lesion mask on the initial scan.")],
+    target_scan: Annotated[Path, typer.Argument(help="The follow-up scan.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Model directory (save_pretrained) or a preset.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory.")],
+    top_k: Annotated[int, typer.Option(help="Number of best-matching patches.")] = 10,
+    label: Annotated[
+        int | None, typer.Option(help="Use only this label value of the mask (default: > 0).")
+    ] = None,
+    roi: Annotated[str | None, typer.Option(help="Sliding-window size D,H,W.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Patch retrieval (paper section 4.4): find a lesion of one scan in a follow-up scan."""
+    _runtime_policy()
+    from tapct_app.retrieve import retrieve_command
+
+    retrieve_command(
+        query_scan,
+        query_mask,
+        target_scan,
+        model=model,
+        output=output,
+        top_k=top_k,
+        label=label,
+        roi=_parse_triplet(roi, "--roi"),
+        device=device,
+        console=_console(),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI with the error policy (see module docstring).
+
+    Args:
+        argv: Arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status (0 success, 2 user error, 1 bug).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or bool(os.environ.get("TAPCT_DEBUG"))
+    try:
+        rc = app(args=args, prog_name="tapct", standalone_mode=False)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"tapct: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("tapct: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            print("tapct: aborted", file=sys.stderr)
+            return 1
+        raise
+    return rc if isinstance(rc, int) else 0

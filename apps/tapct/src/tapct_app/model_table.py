@@ -1,0 +1,70 @@
+"""``tapct models``: the presets with parameter counts and token counts."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["model_rows", "models_command"]
+
+
+def model_rows() -> list[dict[str, Any]]:
+    """Describe every ``tapct_vit3d`` preset.
+
+    Returns:
+        One dict per preset: ``name``, ``patch`` (pd, ph, pw), ``input`` (D, H, W),
+        ``width``, ``depth``, ``heads``, ``params`` (count), ``tokens`` (patch tokens of
+        one input window) and ``tokens_300`` (patch tokens of a 300-slice volume resized
+        to (300, 224, 224), the paper's check number: 58,800 for patch (4, 8, 8)).
+    """
+    import torch
+    from tapct_vit3d import create_model, list_models, preset_config
+
+    rows = []
+    for name in list_models():
+        cfg = preset_config(name)
+        with torch.device("meta"):
+            model = create_model(name)
+        params = sum(p.numel() for p in model.parameters())
+        patch, size = tuple(cfg["patch_size"]), tuple(cfg["img_size"])
+        tokens = math.prod(s // p for s, p in zip(size, patch, strict=True))
+        tokens_300 = (300 // patch[0]) * (224 // patch[1]) * (224 // patch[2])
+        rows.append(
+            {
+                "name": name,
+                "patch": patch,
+                "input": size,
+                "width": cfg["embed_dim"],
+                "depth": cfg["depth"],
+                "heads": cfg["num_heads"],
+                "params": params,
+                "tokens": tokens,
+                "tokens_300": tokens_300,
+            }
+        )
+    return rows
+
+
+def models_command(console: Any) -> None:
+    """Print the preset table.
+
+    Args:
+        console: A rich console.
+    """
+    from rich.table import Table
+
+    table = Table(title="tapct_vit3d presets (TAP-CT Table 3 + CPU sizes)")
+    for col in ("name", "patch (d,h,w)", "input (D,H,W)", "width/depth/heads", "params",
+                "tokens/window", "tokens (300,224,224)"):
+        table.add_column(col, justify="left" if col == "name" else "right")
+    for r in model_rows():
+        table.add_row(
+            r["name"],
+            "x".join(map(str, r["patch"])),
+            "x".join(map(str, r["input"])),
+            f"{r['width']}/{r['depth']}/{r['heads']}",
+            f"{r['params'] / 1e6:.2f}M",
+            f"{r['tokens']:,}",
+            f"{r['tokens_300']:,}",
+        )
+    console.print(table)
