@@ -1,0 +1,67 @@
+"""``tapct_data`` readers in the shape ``tapct_eval`` injects (image and label loaders)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tapct_app.errors import user_errors_from
+
+__all__ = ["ScanLoaders"]
+
+
+class ScanLoaders:
+    """``load_image(path)`` and ``load_label(path, image_path)`` backed by ``tapct_data``.
+
+    Images are read with ``tapct_data.read_volume`` (canonical LPS, axial first, HU) and
+    normalised with ``ClipNormalize`` (paper: clip [-1008, 822] HU, mean -86.8086,
+    std 322.6347). Labels are read with ``tapct_data.read_label`` resampled (nearest)
+    onto the image's grid, so a label stored in another orientation (e.g. LAS for a DICOM
+    series) lines up. Read errors become one-line :class:`~tapct_app.errors.UserError`.
+    The last image volume is cached so that a label read right after its image does not
+    read the image twice.
+    """
+
+    def __init__(self) -> None:
+        from tapct_data import ClipNormalize
+
+        self.normalize = ClipNormalize()
+        self._last: tuple[str, Any] | None = None
+
+    def volume(self, path: str | Path) -> Any:
+        """Return the ``tapct_data.Volume`` of an image (cached for the last path)."""
+        from tapct_data import read_volume
+
+        key = str(Path(path).resolve())
+        if self._last is None or self._last[0] != key:
+            with user_errors_from(path):
+                self._last = (key, read_volume(path))
+        return self._last[1]
+
+    def load_image(self, path: str | Path) -> Any:
+        """Return the normalised ``(1, D, H, W)`` float32 image.
+
+        Args:
+            path: Image file or DICOM folder.
+
+        Returns:
+            The tensor.
+        """
+        return self.normalize(self.volume(path).data).float()
+
+    def load_label(self, path: str | Path, image_path: str | Path) -> Any:
+        """Return the ``(D, H, W)`` int64 label map on the image's grid.
+
+        Args:
+            path: Label file.
+            image_path: Its image.
+
+        Returns:
+            The tensor.
+        """
+        from tapct_data import read_label
+
+        reference = self.volume(image_path)
+        with user_errors_from(path):
+            label = read_label(path, reference=reference)
+        return label.data[0].long()
