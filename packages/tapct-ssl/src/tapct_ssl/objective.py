@@ -1,0 +1,482 @@
+"""The DINOv2 meta-architecture: student, EMA teacher, untied heads and the three losses.
+
+Reference: Oquab et al. 2024 (DINOv2); DINOv2, dinov2/train/ssl_meta_arch.py; paper
+(TAP-CT) Table 7 for the defaults. Generic: any backbone whose ``forward_features(x,
+masks=None)`` returns DINOv2's keys works; nothing here knows about CT or a ViT.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+
+import attrs
+import torch
+from torch import nn
+
+from tapct_ssl.dino_head import DINOHead
+from tapct_ssl.dino_loss import DINOLoss
+from tapct_ssl.ema import update_ema
+from tapct_ssl.ibot_loss import iBOTPatchLoss
+from tapct_ssl.koleo_loss import KoLeoLoss
+
+#: Teacher-target modes: DINO's centering (the paper's choice) or Sinkhorn-Knopp.
+CENTERING_MODES: tuple[str, ...] = ("centering", "sinkhorn_knopp")
+
+#: Keys of the dict returned by ``DINOv2Objective.forward``.
+LOSS_KEYS: tuple[str, ...] = (
+    "loss",
+    "dino_local_crops_loss",
+    "dino_global_crops_loss",
+    "koleo_loss",
+    "ibot_loss",
+)
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+
+
+def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if isinstance(value, bool) or not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value}")
+
+
+def _momentum(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attribute.name} must be in [0, 1], got {value}")
+
+
+def _centering(instance: object, attribute: attrs.Attribute, value: str) -> None:
+    if value not in CENTERING_MODES:
+        raise ValueError(f"{attribute.name} must be one of {CENTERING_MODES}, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class DINOv2ObjectiveConfig:
+    """Settings of ``DINOv2Objective``; defaults are the paper's (Table 7) and DINOv2's.
+
+    Attributes:
+        dino_loss_weight: weight of the DINO term (1.0).
+        ibot_loss_weight: weight of the iBOT term (1.0).
+        koleo_loss_weight: weight of the KoLeo term (0.1).
+        dino_head_n_prototypes, dino_head_hidden_dim, dino_head_bottleneck_dim,
+            dino_head_nlayers: DINO head (65536, 2048, 256, 3).
+        ibot_head_n_prototypes, ibot_head_hidden_dim, ibot_head_bottleneck_dim,
+            ibot_head_nlayers: the separate (untied) iBOT head (65536, 2048, 256, 3).
+        student_temp: student temperature (0.1).
+        center_momentum: EMA momentum of both centers (0.9).
+        centering: ``"centering"`` (paper: "Centering (No SK)") or ``"sinkhorn_knopp"``.
+        sinkhorn_iterations: Sinkhorn-Knopp rounds (3).
+        n_global_crops: global crops per image (2).
+
+    Raises:
+        ValueError: a value out of range, named in the message.
+    """
+
+    dino_loss_weight: float = attrs.field(default=1.0, validator=_non_negative)
+    ibot_loss_weight: float = attrs.field(default=1.0, validator=_non_negative)
+    koleo_loss_weight: float = attrs.field(default=0.1, validator=_non_negative)
+    dino_head_n_prototypes: int = attrs.field(default=65536, validator=_positive)
+    dino_head_hidden_dim: int = attrs.field(default=2048, validator=_positive)
+    dino_head_bottleneck_dim: int = attrs.field(default=256, validator=_positive)
+    dino_head_nlayers: int = attrs.field(default=3, validator=_positive)
+    ibot_head_n_prototypes: int = attrs.field(default=65536, validator=_positive)
+    ibot_head_hidden_dim: int = attrs.field(default=2048, validator=_positive)
+    ibot_head_bottleneck_dim: int = attrs.field(default=256, validator=_positive)
+    ibot_head_nlayers: int = attrs.field(default=3, validator=_positive)
+    student_temp: float = attrs.field(default=0.1, validator=_positive)
+    center_momentum: float = attrs.field(default=0.9, validator=_momentum)
+    centering: str = attrs.field(default="centering", validator=_centering)
+    sinkhorn_iterations: int = attrs.field(default=3, validator=_positive)
+    n_global_crops: int = attrs.field(default=2, validator=_positive)
+
+
+def dino_crop_terms(
+    dino_loss: DINOLoss,
+    student_global_views: Sequence[torch.Tensor],
+    student_local_views: Sequence[torch.Tensor],
+    teacher_global_views: Sequence[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DINO terms of a multi-crop step, normalised by the number of view pairs.
+
+    Every student view is matched with every teacher (global) view except its own view:
+    ``n_g * n_l`` local-global pairs plus ``n_g * (n_g - 1)`` global-global pairs (with
+    2 global + 8 local crops: 16 + 2 = 18). Both terms are divided by that total, so
+    ``local + global`` is the mean cross-entropy over pairs; for 2 global crops the
+    global pairs are DINOv2's swapped teacher outputs (student crop A vs teacher crop B)
+    and the result equals DINOv2's ``dino_local_crops_loss`` and
+    ``dino_global_crops_loss`` (its factor 2 on the global term is the 2 pairs).
+
+    Args:
+        dino_loss: supplies the pairwise cross-entropy.
+        student_global_views: ``n_g`` tensors ``(B, K)`` of student logits, crop order.
+        student_local_views: ``n_l`` tensors ``(B, K)`` (may be empty).
+        teacher_global_views: ``n_g`` tensors ``(B, K)`` of teacher targets, crop order.
+
+    Returns:
+        ``(dino_local_crops_loss, dino_global_crops_loss)`` scalars.
+
+    Raises:
+        ValueError: the view counts differ or give no pair at all.
+    """
+    n_g, n_l = len(teacher_global_views), len(student_local_views)
+    if len(student_global_views) != n_g:
+        raise ValueError(
+            f"{len(student_global_views)} student global views for {n_g} teacher views"
+        )
+    n_terms = n_g * (n_g - 1) + n_g * n_l
+    if n_terms == 0:
+        raise ValueError("the DINO loss needs 2 global crops or at least 1 local crop")
+    reference = teacher_global_views[0]
+    zero = reference.new_zeros((), dtype=torch.promote_types(reference.dtype, torch.float32))
+    local = dino_loss(student_local_views, teacher_global_views) / n_terms if n_l else zero
+    global_terms = [
+        dino_loss(
+            [student_global_views[i]], [t for j, t in enumerate(teacher_global_views) if j != i]
+        )
+        for i in range(n_g)
+        if n_g > 1
+    ]
+    glob = torch.stack(global_terms).sum() / n_terms if global_terms else zero
+    return local, glob
+
+
+class DINOv2Objective(nn.Module):
+    """DINOv2 self-supervised objective around any backbone.
+
+    Organisation of one ``forward`` (DINOv2's ``forward_backward`` without the backward):
+
+    1. Teacher (``torch.no_grad``, eval mode, so drop path is off): backbone on the
+       unmasked global crops; DINO head on the cls tokens, iBOT head only on the patch
+       tokens the student will see masked (``mask_indices_list``). Targets by centering
+       (``softmax((z - c) / teacher_temp)``) or Sinkhorn-Knopp, in float32. In training
+       mode the teacher logits are recorded for the next center update.
+    2. Student: backbone on the masked global crops and on the local crops, in one
+       ``forward_features_list`` call when the backbone offers it (crops of different
+       sizes); DINO head once on all cls tokens, iBOT head only on the masked patch
+       tokens.
+    3. Losses (float32 inside autocast):
+
+       * DINO: cross-entropy over every (student view, teacher view) pair that is not
+         the same view, divided by the number of pairs (``dino_crop_terms``; 18 for
+         2 + 8 crops). Teacher views are the global crops only; student global crop A is
+         matched with teacher crop B (DINOv2's swap).
+       * iBOT: ``iBOTPatchLoss.forward_masked`` with the batch's ``masks_weight``.
+         With no masked patch it is 0, computed as ``0 * ibot_head(...)`` so the head
+         stays in the graph (DDP needs every trainable parameter used).
+       * KoLeo on the student backbone cls tokens, per global crop, summed over the
+         global crops (as DINOv2; with weight 0.1).
+
+       ``loss = dino_w * (dino_local + dino_global) + ibot_w * ibot + koleo_w * koleo``.
+
+    ``update(momentum)`` after each ``optimizer.step()`` applies the pending center
+    updates (all-reduced under torch.distributed) and the EMA. Centers and teacher change
+    only there, so with centering, accumulating gradients of ``loss / k`` over k
+    micro-batches equals one k-times larger batch (KoLeo and Sinkhorn-Knopp excepted:
+    they are batch statistics, per process in DINOv2 too). Wrap the whole objective in
+    DDP; call ``ddp.module.update(m)``.
+
+    Args:
+        backbone: the student backbone: ``forward_features(x, masks=None) -> dict`` with
+            ``x_norm_clstoken (B, E)`` and ``x_norm_patchtokens (B, N, E)``; optionally
+            ``forward_features_list(xs, masks_list) -> list[dict]``. Its mask token must
+            stay in the graph when ``masks`` has no True (DDP).
+        config: the settings (paper defaults).
+        embed_dim: E; default ``backbone.embed_dim``.
+        teacher_backbone: a separately built teacher backbone (e.g. one that cannot be
+            deep-copied); it is loaded with the student's weights (strict). Default: a
+            deep copy of ``backbone``.
+
+    Raises:
+        TypeError: ``config`` is not a ``DINOv2ObjectiveConfig``.
+        ValueError: ``embed_dim`` not given and ``backbone`` has no ``embed_dim``.
+
+    Attributes:
+        student: ``nn.ModuleDict`` with ``backbone``, ``dino_head``, ``ibot_head``.
+        teacher: the same keys; ``requires_grad`` False, always in eval mode.
+        dino_loss: ``DINOLoss`` (holds the DINO center).
+        ibot_patch_loss: ``iBOTPatchLoss`` (holds the patch center).
+        koleo_loss: ``KoLeoLoss``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        config: DINOv2ObjectiveConfig | None = None,
+        embed_dim: int | None = None,
+        teacher_backbone: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        config = DINOv2ObjectiveConfig() if config is None else config
+        if not isinstance(config, DINOv2ObjectiveConfig):
+            raise TypeError(f"config must be a DINOv2ObjectiveConfig, got {type(config)}")
+        if embed_dim is None:
+            embed_dim = getattr(backbone, "embed_dim", None)
+            if not isinstance(embed_dim, int):
+                raise ValueError(
+                    f"backbone {type(backbone).__name__} has no int embed_dim; pass embed_dim"
+                )
+        self.config = config
+        self.embed_dim = embed_dim
+        dino_head = DINOHead(
+            embed_dim,
+            config.dino_head_n_prototypes,
+            config.dino_head_hidden_dim,
+            config.dino_head_bottleneck_dim,
+            config.dino_head_nlayers,
+        )
+        ibot_head = DINOHead(
+            embed_dim,
+            config.ibot_head_n_prototypes,
+            config.ibot_head_hidden_dim,
+            config.ibot_head_bottleneck_dim,
+            config.ibot_head_nlayers,
+        )
+        first = next(backbone.parameters(), None)
+        if first is not None:
+            dino_head.to(device=first.device)
+            ibot_head.to(device=first.device)
+        self.student = nn.ModuleDict(
+            {"backbone": backbone, "dino_head": dino_head, "ibot_head": ibot_head}
+        )
+        if teacher_backbone is None:
+            teacher_backbone = copy.deepcopy(backbone)
+        else:
+            teacher_backbone.load_state_dict(backbone.state_dict(), strict=True)
+        self.teacher = nn.ModuleDict(
+            {
+                "backbone": teacher_backbone,
+                "dino_head": copy.deepcopy(dino_head),
+                "ibot_head": copy.deepcopy(ibot_head),
+            }
+        )
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        self.dino_loss = DINOLoss(
+            config.dino_head_n_prototypes, config.student_temp, config.center_momentum
+        )
+        self.ibot_patch_loss = iBOTPatchLoss(
+            config.ibot_head_n_prototypes, config.student_temp, config.center_momentum
+        )
+        self.koleo_loss = KoLeoLoss()
+        if first is not None:
+            self.dino_loss.to(device=first.device)
+            self.ibot_patch_loss.to(device=first.device)
+
+    def train(self, mode: bool = True) -> DINOv2Objective:
+        """Set the student's mode; the teacher always stays in eval mode.
+
+        Args:
+            mode: training (True) or evaluation (False).
+
+        Returns:
+            ``self``.
+        """
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    # ----------------------------------------------------------------- batch parsing
+    def _parse_batch(
+        self, batch: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if "collated_global_crops" not in batch or "collated_masks" not in batch:
+            raise ValueError(
+                "batch needs 'collated_global_crops' and 'collated_masks', got keys "
+                f"{sorted(batch)}"
+            )
+        global_crops = batch["collated_global_crops"]
+        n_g = self.config.n_global_crops
+        if global_crops.shape[0] == 0 or global_crops.shape[0] % n_g:
+            raise ValueError(
+                f"collated_global_crops has {global_crops.shape[0]} crops, not a positive "
+                f"multiple of n_global_crops={n_g}"
+            )
+        n_images = global_crops.shape[0] // n_g
+        local_crops = batch.get("collated_local_crops")
+        if local_crops is not None and local_crops.shape[0] == 0:
+            local_crops = None
+        if local_crops is not None and local_crops.shape[0] % n_images:
+            raise ValueError(
+                f"collated_local_crops has {local_crops.shape[0]} crops, not a multiple of "
+                f"the batch size {n_images}"
+            )
+        masks = batch["collated_masks"].bool()
+        if masks.ndim != 2 or masks.shape[0] != global_crops.shape[0]:
+            raise ValueError(
+                f"collated_masks must be ({global_crops.shape[0]}, N), got {tuple(masks.shape)}"
+            )
+        mask_indices = batch.get("mask_indices_list")
+        if mask_indices is None:
+            mask_indices = masks.flatten().nonzero().flatten()
+        mask_indices = mask_indices.to(device=masks.device, dtype=torch.long)
+        if "n_masked_patches" in batch:
+            declared = int(torch.as_tensor(batch["n_masked_patches"]).reshape(-1)[0])
+            if declared != mask_indices.numel():
+                raise ValueError(
+                    f"n_masked_patches={declared} but mask_indices_list has "
+                    f"{mask_indices.numel()} entries"
+                )
+        masks_weight = batch.get("masks_weight")
+        if masks_weight is None:
+            per_image = masks.sum(dim=-1, keepdim=True).clamp(min=1)  # (n_g B, 1)
+            masks_weight = (1.0 / per_image).expand_as(masks).flatten()[mask_indices]
+        if masks_weight.shape != mask_indices.shape:
+            raise ValueError(
+                f"masks_weight {tuple(masks_weight.shape)} does not match mask_indices_list "
+                f"{tuple(mask_indices.shape)}"
+            )
+        return global_crops, local_crops, masks, mask_indices, masks_weight
+
+    # ----------------------------------------------------------------------- teacher
+    @torch.no_grad()
+    def _teacher_targets(
+        self, global_crops: torch.Tensor, mask_indices: torch.Tensor, teacher_temp: float
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        out = self.teacher["backbone"].forward_features(global_crops)
+        cls_tokens = out["x_norm_clstoken"]  # (n_g B, E)
+        patch_tokens = out["x_norm_patchtokens"]  # (n_g B, N, E)
+        masked = patch_tokens.flatten(0, 1).index_select(0, mask_indices)  # (M, E)
+        cls_logits = self.teacher["dino_head"](cls_tokens)  # (n_g B, K)
+        patch_logits = self.teacher["ibot_head"](masked)  # (M, K')
+        if self.config.centering == "centering":
+            dino_targets = self.dino_loss.softmax_center_teacher(cls_logits, teacher_temp)
+            ibot_targets = self.ibot_patch_loss.softmax_center_teacher(patch_logits, teacher_temp)
+            if self.training:
+                self.dino_loss.update_center(cls_logits)
+                self.ibot_patch_loss.update_center(patch_logits)
+        else:
+            n_iter = self.config.sinkhorn_iterations
+            dino_targets = self.dino_loss.sinkhorn_knopp_teacher(
+                cls_logits, teacher_temp, n_iterations=n_iter
+            )
+            n_masked = torch.tensor(float(masked.shape[0]), device=masked.device)
+            ibot_targets = self.ibot_patch_loss.sinkhorn_knopp_teacher(
+                patch_logits, teacher_temp, n_masked_patches_tensor=n_masked, n_iterations=n_iter
+            )
+        return list(dino_targets.chunk(self.config.n_global_crops)), ibot_targets
+
+    # ----------------------------------------------------------------------- student
+    def _student_features(
+        self, global_crops: torch.Tensor, local_crops: torch.Tensor | None, masks: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        backbone = self.student["backbone"]
+        if local_crops is None:
+            return backbone.forward_features(global_crops, masks=masks), None
+        if hasattr(backbone, "forward_features_list"):
+            global_out, local_out = backbone.forward_features_list(
+                [global_crops, local_crops], [masks, None]
+            )
+            return global_out, local_out
+        return backbone.forward_features(global_crops, masks=masks), backbone.forward_features(
+            local_crops
+        )
+
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], teacher_temp: float
+    ) -> dict[str, torch.Tensor]:
+        """Compute the DINOv2 losses of one (micro-)batch.
+
+        Args:
+            batch: DINOv2 ``collate_data_and_cast`` keys:
+                ``collated_global_crops (n_g B, C, ...)`` crop-major (every image's crop 0,
+                then every image's crop 1), ``collated_local_crops (n_l B, C, ...)``
+                crop-major (optional), ``collated_masks (n_g B, N) bool``,
+                ``mask_indices_list (M,) long`` (flat indices into ``n_g B * N``; derived
+                from the masks if absent), ``masks_weight (M,) float`` (default
+                ``1 / masked tokens of the image``), ``n_masked_patches (1,)`` (checked
+                if present), ``upperbound`` (ignored: shapes are dynamic here).
+            teacher_temp: teacher temperature for this iteration (> 0).
+
+        Returns:
+            ``{"loss", "dino_local_crops_loss", "dino_global_crops_loss", "koleo_loss",
+            "ibot_loss"}``: ``loss`` (scalar, with graph) is the weighted total; the
+            others are the unweighted terms, detached.
+
+        Raises:
+            ValueError: missing keys, inconsistent shapes or ``teacher_temp <= 0``.
+        """
+        if not float(teacher_temp) > 0:
+            raise ValueError(f"teacher_temp must be > 0, got {teacher_temp}")
+        global_crops, local_crops, masks, mask_indices, masks_weight = self._parse_batch(batch)
+        n_g = self.config.n_global_crops
+        n_images = global_crops.shape[0] // n_g
+        n_local = 0 if local_crops is None else local_crops.shape[0] // n_images
+
+        teacher_views, ibot_targets = self._teacher_targets(
+            global_crops, mask_indices, float(teacher_temp)
+        )
+
+        global_out, local_out = self._student_features(global_crops, local_crops, masks)
+        global_cls = global_out["x_norm_clstoken"]  # (n_g B, E)
+        patch_tokens = global_out["x_norm_patchtokens"]  # (n_g B, N, E)
+        if patch_tokens.shape[1] != masks.shape[1]:
+            raise ValueError(
+                f"collated_masks has {masks.shape[1]} tokens per crop, the backbone "
+                f"returned {patch_tokens.shape[1]} patch tokens"
+            )
+        cls_tokens = global_cls
+        if local_out is not None:
+            cls_tokens = torch.cat([global_cls, local_out["x_norm_clstoken"]])  # ((n_g+n_l) B, E)
+        dino_logits = self.student["dino_head"](cls_tokens)
+        global_logits = dino_logits[: n_g * n_images]
+        local_logits = dino_logits[n_g * n_images :]
+
+        dino_local, dino_global = dino_crop_terms(
+            self.dino_loss,
+            list(global_logits.chunk(n_g)),
+            list(local_logits.chunk(n_local)) if n_local else [],
+            teacher_views,
+        )
+
+        n_masked = mask_indices.numel()
+        if n_masked > 0:
+            masked = patch_tokens.flatten(0, 1).index_select(0, mask_indices)  # (M, E)
+            ibot_logits = self.student["ibot_head"](masked)  # (M, K')
+            ibot = self.ibot_patch_loss.forward_masked(
+                ibot_logits,
+                ibot_targets,
+                masks,
+                n_masked_patches=n_masked,
+                masks_weight=masks_weight,
+            )
+        else:  # keep the iBOT head in the graph with a zero contribution (DDP)
+            ibot = self.student["ibot_head"](patch_tokens[:1, 0]).float().sum() * 0.0
+
+        koleo = torch.stack([self.koleo_loss(c) for c in global_cls.chunk(n_g)]).sum()
+
+        cfg = self.config
+        loss = (
+            cfg.dino_loss_weight * (dino_local + dino_global)
+            + cfg.ibot_loss_weight * ibot
+            + cfg.koleo_loss_weight * koleo
+        )
+        return {
+            "loss": loss,
+            "dino_local_crops_loss": dino_local.detach(),
+            "dino_global_crops_loss": dino_global.detach(),
+            "koleo_loss": koleo.detach(),
+            "ibot_loss": ibot.detach(),
+        }
+
+    @torch.no_grad()
+    def update(self, momentum: float) -> None:
+        """Once per optimizer step, after ``optimizer.step()``: centers, then EMA.
+
+        Applies the pending DINO and iBOT center updates (mean of every teacher output
+        since the last call, all-reduced under torch.distributed), then
+        ``teacher <- momentum * teacher + (1 - momentum) * student`` on backbone and heads.
+
+        Args:
+            momentum: teacher EMA momentum in [0, 1] (paper: cosine 0.992 -> 1.0).
+
+        Raises:
+            ValueError: momentum outside [0, 1].
+        """
+        if not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        self.dino_loss.apply_center_update()
+        self.ibot_patch_loss.apply_center_update()
+        update_ema(self.teacher, self.student, float(momentum))
