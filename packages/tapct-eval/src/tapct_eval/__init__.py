@@ -1,3 +1,79 @@
-"""tapct_eval (being built)."""
+"""tapct_eval: frozen-feature evaluation of 3D encoders (TAP-CT paper section 3.3, App. C).
 
-__all__: list[str] = []
+Needs only the backbone interface (``.patch_size``, ``.embed_dim``, DINOv2's
+``forward_features`` or ``get_intermediate_layers``), so any encoder can be benchmarked.
+"""
+
+from .abmil import ABMIL, ABMILTrainingConfig, predict_abmil, train_abmil
+from .features import ExtractedFeatures, FeatureExtractor, extract_features
+from .figures import plot_retrieval_heatmap, plot_segmentation_overlay
+from .labels import (
+    TOTALSEGMENTATOR_49_CLASSES,
+    TOTALSEGMENTATOR_V2_CLASSES,
+    TOTALSEGMENTATOR_V2_TO_49,
+    merge_totalsegmentator_labels,
+    remap_labels,
+)
+from .loading import clip_normalize, load_image_monai, load_label_monai
+from .metrics import (
+    FoldSummary,
+    UndefinedMetricWarning,
+    auc_score,
+    dice_per_class,
+    macro_dice,
+    micro_average_precision,
+    multilabel_micro_auc,
+    summarize_folds,
+)
+from .retrieval import RetrievalResult, masked_patch_features, retrieve_patches
+from .runner import BenchmarkResults, run_benchmark
+from .segmentation import (
+    LinearSegmentationProbe,
+    ProbeTrainingConfig,
+    evaluate_segmentation,
+    predict_segmentation,
+    train_segmentation_probe,
+)
+from .task import BenchmarkCase, BenchmarkTask, TaskFileError, load_task
+
+__all__ = [
+    "ABMIL",
+    "TOTALSEGMENTATOR_49_CLASSES",
+    "TOTALSEGMENTATOR_V2_CLASSES",
+    "TOTALSEGMENTATOR_V2_TO_49",
+    "ABMILTrainingConfig",
+    "BenchmarkCase",
+    "BenchmarkResults",
+    "BenchmarkTask",
+    "ExtractedFeatures",
+    "FeatureExtractor",
+    "FoldSummary",
+    "LinearSegmentationProbe",
+    "ProbeTrainingConfig",
+    "RetrievalResult",
+    "TaskFileError",
+    "UndefinedMetricWarning",
+    "auc_score",
+    "clip_normalize",
+    "dice_per_class",
+    "evaluate_segmentation",
+    "extract_features",
+    "load_image_monai",
+    "load_label_monai",
+    "load_task",
+    "macro_dice",
+    "masked_patch_features",
+    "merge_totalsegmentator_labels",
+    "micro_average_precision",
+    "multilabel_micro_auc",
+    "plot_retrieval_heatmap",
+    "plot_segmentation_overlay",
+    "predict_abmil",
+    "predict_segmentation",
+    "remap_labels",
+    "retrieve_patches",
+    "run_benchmark",
+    "summarize_folds",
+    "train_abmil",
+    "train_segmentation_probe",
+]

@@ -1,0 +1,161 @@
+"""PNG figures: segmentation overlays (paper Fig. 4) and retrieval heat maps (paper Fig. 2).
+
+Matplotlib runs with the Agg backend (no display needed). Axial slices ``x[k]`` of the
+canonical ``(D, H, W)`` arrays display in the radiological convention (patient right on
+the image left).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["plot_retrieval_heatmap", "plot_segmentation_overlay"]
+
+
+def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _label_rgba(labels: np.ndarray, num_classes: int, alpha: float = 0.45) -> np.ndarray:
+    cmap = plt.get_cmap("tab20", max(num_classes, 2))
+    rgba = cmap(labels % cmap.N)
+    rgba[..., 3] = np.where(labels > 0, alpha, 0.0)
+    return rgba
+
+
+def plot_segmentation_overlay(
+    image: torch.Tensor | np.ndarray,
+    truth: torch.Tensor | np.ndarray,
+    prediction: torch.Tensor | np.ndarray,
+    path: str | Path,
+    *,
+    slices: Sequence[int] | None = None,
+    num_classes: int | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write axial slices with ground truth and prediction overlays as a PNG.
+
+    Args:
+        image: ``(1, D, H, W)`` or ``(D, H, W)`` volume (any units; shown in grey).
+        truth: ``(D, H, W)`` int labels.
+        prediction: ``(D, H, W)`` int labels.
+        path: PNG file to write (parents are created).
+        slices: axial indices to show (default: 3 evenly spaced slices with foreground).
+        num_classes: for a stable colour per class (default: max label + 1).
+        title: figure title.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: when the shapes differ.
+    """
+    img = _np(image)
+    img = img[0] if img.ndim == 4 else img
+    gt, pr = _np(truth).astype(np.int64), _np(prediction).astype(np.int64)
+    if not img.shape == gt.shape == pr.shape:
+        raise ValueError(f"image {img.shape}, truth {gt.shape}, prediction {pr.shape} differ")
+    k = int(num_classes or max(gt.max(), pr.max()) + 1)
+    if slices is None:
+        fg = np.flatnonzero(gt.reshape(len(gt), -1).any(1))
+        pool = fg if len(fg) else np.arange(len(gt))
+        slices = sorted(
+            {int(pool[int(i)]) for i in np.linspace(0, len(pool) - 1, min(3, len(pool)))}
+        )
+    fig, axes = plt.subplots(len(slices), 3, figsize=(9, 3 * len(slices)), squeeze=False)
+    for row, z in zip(axes, slices):
+        for ax, (name, overlay) in zip(row, (("image", None), ("truth", gt), ("prediction", pr))):
+            ax.imshow(img[z], cmap="gray")
+            if overlay is not None:
+                ax.imshow(_label_rgba(overlay[z], k), interpolation="nearest")
+            ax.set_title(f"{name}, slice {z}", fontsize=8)
+            ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_retrieval_heatmap(
+    image: torch.Tensor | np.ndarray,
+    similarity: torch.Tensor | np.ndarray,
+    path: str | Path,
+    *,
+    top_positions: torch.Tensor | np.ndarray | None = None,
+    patch_size: Sequence[int] = (1, 1, 1),
+    slice_index: int | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write an axial slice with the cosine-similarity map of a retrieval as a PNG.
+
+    Args:
+        image: ``(1, D, H, W)`` or ``(D, H, W)`` target volume.
+        similarity: ``(t, h, w)`` similarity on the patch grid (from
+            :func:`~tapct_eval.retrieve_patches`); upsampled by ``patch_size``
+            (nearest) and cropped to the image.
+        path: PNG file to write.
+        top_positions: ``(k, 3)`` patch positions to mark (best first).
+        patch_size: ``(pd, ph, pw)``.
+        slice_index: axial voxel slice (default: the slice of the best patch).
+        title: figure title.
+
+    Returns:
+        The written path.
+    """
+    img = _np(image)
+    img = img[0] if img.ndim == 4 else img
+    sim = torch.as_tensor(_np(similarity), dtype=torch.float32)[None, None]
+    full = tuple(g * p for g, p in zip(sim.shape[2:], patch_size))
+    sim = F.interpolate(sim, size=full, mode="nearest")[
+        0, 0, : img.shape[0], : img.shape[1], : img.shape[2]
+    ]
+    tops = None if top_positions is None else _np(top_positions).reshape(-1, 3)
+    if slice_index is None:
+        slice_index = (
+            int(tops[0, 0] * patch_size[0] + patch_size[0] // 2)
+            if tops is not None and len(tops)
+            else int(sim.flatten(1).amax(1).argmax())
+        )
+    slice_index = min(max(slice_index, 0), img.shape[0] - 1)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+    axes[0].imshow(img[slice_index], cmap="gray")
+    axes[0].set_title(f"target, slice {slice_index}", fontsize=8)
+    axes[1].imshow(img[slice_index], cmap="gray")
+    heat = axes[1].imshow(sim[slice_index].numpy(), cmap="jet", alpha=0.5, vmin=-1, vmax=1)
+    if tops is not None:
+        for i, j, k in tops:
+            if i * patch_size[0] <= slice_index < (i + 1) * patch_size[0]:
+                axes[1].add_patch(
+                    plt.Rectangle(
+                        (k * patch_size[2] - 0.5, j * patch_size[1] - 0.5),
+                        patch_size[2],
+                        patch_size[1],
+                        fill=False,
+                        color="white",
+                    )
+                )
+    axes[1].set_title("cosine similarity", fontsize=8)
+    fig.colorbar(heat, ax=axes[1], fraction=0.046)
+    for ax in axes:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
