@@ -4,16 +4,56 @@ Knows no model. Conventions (DESIGN.md section 3): volumes ``(C, D, H, W)`` in t
 canonical LPS orientation with the axial axis first, HU float32, spacing ``(sd, sh, sw)`` mm.
 """
 
+from . import phantom
+from .collate import collate_crops, collate_data_and_cast
+from .crops import CropParams, RandomResizedCrop3d, resized_crop3d
+from .dataset import PretrainSlabDataset
 from .errors import DicomGeometryWarning, NotCTError, NotCTWarning
+from .intensity import (
+    BlurParams,
+    GammaParams,
+    RandomGamma,
+    RandomGaussianBlur,
+    adjust_gamma,
+    gaussian_blur2d,
+)
 from .io import read_label, read_volume, write_volume
+from .masking import MaskingGenerator3d
+from .multicrop import MultiCropAugmentation, MultiCropParams
+from .normalize import ClipNormalize, ForegroundStats, compute_foreground_stats
+from .resize import resample_to_spacing, resize_for_eval
+from .store import ZarrVolumeStore, build_zarr_store
 from .volume import Volume
 
 __all__ = [
+    "BlurParams",
+    "ClipNormalize",
+    "CropParams",
     "DicomGeometryWarning",
+    "ForegroundStats",
+    "GammaParams",
+    "MaskingGenerator3d",
+    "MultiCropAugmentation",
+    "MultiCropParams",
     "NotCTError",
     "NotCTWarning",
+    "PretrainSlabDataset",
+    "RandomGamma",
+    "RandomGaussianBlur",
+    "RandomResizedCrop3d",
     "Volume",
+    "ZarrVolumeStore",
+    "adjust_gamma",
+    "build_zarr_store",
+    "collate_crops",
+    "collate_data_and_cast",
+    "compute_foreground_stats",
+    "gaussian_blur2d",
+    "phantom",
     "read_label",
     "read_volume",
+    "resample_to_spacing",
+    "resize_for_eval",
+    "resized_crop3d",
     "write_volume",
 ]
