@@ -1,0 +1,281 @@
+"""DINOv2Objective: organisation, parity of its terms, one step, accumulation, DDP."""
+
+from __future__ import annotations
+
+import copy
+
+import attrs
+import pytest
+import torch
+from lightly.loss import DINOLoss as LightlyDINOLoss
+from tapct_ssl import LOSS_KEYS, DINOv2Objective, DINOv2ObjectiveConfig
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+K = 32
+SMALL = DINOv2ObjectiveConfig(
+    dino_head_n_prototypes=K,
+    dino_head_hidden_dim=24,
+    dino_head_bottleneck_dim=8,
+    ibot_head_n_prototypes=K + 8,
+    ibot_head_hidden_dim=24,
+    ibot_head_bottleneck_dim=8,
+)
+
+
+def test_config_defaults_are_the_papers() -> None:
+    cfg = DINOv2ObjectiveConfig()
+    assert (cfg.dino_loss_weight, cfg.ibot_loss_weight, cfg.koleo_loss_weight) == (1.0, 1.0, 0.1)
+    assert cfg.dino_head_n_prototypes == cfg.ibot_head_n_prototypes == 65536
+    assert (cfg.dino_head_hidden_dim, cfg.dino_head_bottleneck_dim, cfg.dino_head_nlayers) == (
+        2048,
+        256,
+        3,
+    )
+    assert cfg.centering == "centering" and cfg.n_global_crops == 2
+    assert (cfg.student_temp, cfg.center_momentum) == (0.1, 0.9)
+    with pytest.raises(ValueError, match="centering"):
+        DINOv2ObjectiveConfig(centering="sk")
+    with pytest.raises(ValueError, match="koleo_loss_weight"):
+        DINOv2ObjectiveConfig(koleo_loss_weight=-1.0)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        cfg.centering = "sinkhorn_knopp"  # type: ignore[misc]
+
+
+def test_structure(tiny_backbone) -> None:
+    backbone = tiny_backbone()
+    objective = DINOv2Objective(backbone, SMALL)
+    assert (
+        set(objective.student)
+        == set(objective.teacher)
+        == {
+            "backbone",
+            "dino_head",
+            "ibot_head",
+        }
+    )
+    assert objective.student["backbone"] is backbone
+    assert objective.teacher["backbone"] is not backbone
+    assert objective.student["dino_head"] is not objective.student["ibot_head"]  # untied
+    assert objective.student["ibot_head"].out_dim == K + 8
+    assert not any(p.requires_grad for p in objective.teacher.parameters())
+    objective.train()
+    assert objective.student.training and not objective.teacher.training
+    for a, b in zip(objective.student.parameters(), objective.teacher.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="embed_dim"):
+        DINOv2Objective(nn.Linear(2, 2), SMALL)
+
+
+def _capture(module: nn.Module, store: list[torch.Tensor]):
+    return module.register_forward_hook(lambda m, i, o: store.append(o.detach()))
+
+
+def test_terms_match_lightly_and_the_ibot_formula(tiny_backbone, batch_tools) -> None:
+    """End to end: the DINO terms equal lightly's multi-crop DINO loss on the head outputs."""
+    collate, make_crops = batch_tools
+    objective = DINOv2Objective(tiny_backbone(), SMALL)
+    torch.manual_seed(1)
+    objective.dino_loss.center.normal_(0.0, 0.1)
+    objective.ibot_patch_loss.center.normal_(0.0, 0.1)
+    n_images = 3
+    g, locs, m = make_crops(n_images, n_local=8)
+    batch = collate(g, locs, m)
+    t_cls, s_cls, t_patch, s_patch = [], [], [], []
+    hooks = [
+        _capture(objective.teacher["dino_head"], t_cls),
+        _capture(objective.student["dino_head"], s_cls),
+        _capture(objective.teacher["ibot_head"], t_patch),
+        _capture(objective.student["ibot_head"], s_patch),
+    ]
+    out = objective(batch, teacher_temp=0.05)
+    for h in hooks:
+        h.remove()
+    assert set(out) == set(LOSS_KEYS)
+
+    teacher_views = list(t_cls[0].chunk(2))  # crop order
+    student_views = list(s_cls[0].chunk(10))  # 2 global then 8 local
+    lightly_loss = LightlyDINOLoss(output_dim=K, student_temp=0.1, center_momentum=0.9)
+    lightly_loss.center.copy_(objective.dino_loss.center.view(1, 1, K))
+    expected = lightly_loss(teacher_views, student_views, teacher_temp=0.05)
+    dino = out["dino_local_crops_loss"] + out["dino_global_crops_loss"]
+    torch.testing.assert_close(dino, expected, rtol=1e-5, atol=1e-6)
+
+    # iBOT by hand on the captured masked-token logits
+    masks = batch["collated_masks"]
+    center = objective.ibot_patch_loss.center
+    targets = torch.softmax((t_patch[0] - center) / 0.05, dim=-1)
+    ce = -(targets * torch.log_softmax(s_patch[0] / 0.1, dim=-1)).sum(-1)
+    weights = 1.0 / masks.sum(-1, keepdim=True).clamp(min=1).expand_as(masks)[masks]
+    expected_ibot = (ce * weights).sum() / masks.shape[0]
+    torch.testing.assert_close(out["ibot_loss"], expected_ibot, rtol=1e-5, atol=1e-6)
+
+    total = dino + out["ibot_loss"] + 0.1 * out["koleo_loss"]
+    torch.testing.assert_close(out["loss"].detach(), total)
+
+
+def test_one_step_on_tapct_vit3d(batch_tools) -> None:
+    tapct_vit3d = pytest.importorskip("tapct_vit3d")
+    torch.manual_seed(0)
+    backbone = tapct_vit3d.create_model("tap_nano_3d")
+    objective = DINOv2Objective(backbone, SMALL)
+    n_images, grid = 2, (3, 4, 4)
+    gen = torch.Generator().manual_seed(0)
+    globals_ = [torch.randn(n_images, 1, 12, 32, 32, generator=gen) for _ in range(2)]
+    locals_ = [torch.randn(n_images, 1, 12, 16, 16, generator=gen) for _ in range(8)]
+    n_tokens = grid[0] * grid[1] * grid[2]
+    masks = [torch.rand(n_images, n_tokens, generator=gen) < 0.3 for _ in range(2)]
+    collate, _ = batch_tools
+
+    batch = collate(globals_, locals_, masks)
+    teacher_before = copy.deepcopy(objective.teacher.state_dict())
+    student_before = copy.deepcopy(objective.student.state_dict())
+    opt = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=1e-3)
+
+    out = objective(batch, teacher_temp=0.04)
+    assert all(torch.isfinite(v).all() for v in out.values())
+    assert out["ibot_loss"] > 0 and out["dino_local_crops_loss"] > 0
+    out["loss"].backward()
+    assert all(p.grad is not None for p in objective.student.parameters())
+    opt.step()
+    opt.zero_grad()
+    assert all(p.grad is None for p in objective.teacher.parameters())
+    assert all(
+        torch.equal(v, teacher_before[k]) for k, v in objective.teacher.state_dict().items()
+    )  # the forward/backward/step left the teacher alone
+    changed = [
+        k
+        for k, v in objective.student.state_dict().items()
+        if not torch.equal(v, student_before[k])
+    ]
+    assert "backbone.blocks.0.attn.qkv.weight" in changed and "dino_head.mlp.0.weight" in changed
+
+    objective.update(momentum=0.9)
+    student_after = dict(objective.student.named_parameters())
+    for name, t in objective.teacher.named_parameters():
+        torch.testing.assert_close(t, 0.9 * teacher_before[name] + 0.1 * student_after[name])
+    assert objective.dino_loss.center.abs().sum() > 0  # center moved once
+
+
+def _slice(crops: list[torch.Tensor], i: int) -> list[torch.Tensor]:
+    return [c[i : i + 1] for c in crops]
+
+
+def test_gradient_accumulation_equals_one_batch(tiny_backbone, batch_tools) -> None:
+    """4 micro-batches of 1 (loss / 4) == one batch of 4: grads, params, teacher, centers.
+
+    KoLeo is a per-batch nearest-neighbour statistic (undefined for a batch of 1), so its
+    weight is 0 here; DINO and iBOT are per-image means and must accumulate exactly.
+    """
+    collate, make_crops = batch_tools
+    cfg = attrs.evolve(SMALL, koleo_loss_weight=0.0)
+    big = DINOv2Objective(tiny_backbone(), cfg).double()
+    small = copy.deepcopy(big)
+    opt_big = torch.optim.SGD([p for p in big.parameters() if p.requires_grad], lr=0.1)
+    opt_small = torch.optim.SGD([p for p in small.parameters() if p.requires_grad], lr=0.1)
+    for step in range(2):
+        g, locs, m = make_crops(4, n_local=8, seed=10 + step, dtype=torch.float64)
+        big(collate(g, locs, m), teacher_temp=0.04)["loss"].backward()
+        for i in range(4):
+            micro = collate(_slice(g, i), _slice(locs, i), _slice(m, i))
+            (small(micro, teacher_temp=0.04)["loss"] / 4).backward()
+        for (name, pb), ps in zip(big.student.named_parameters(), small.student.parameters()):
+            torch.testing.assert_close(ps.grad, pb.grad, rtol=1e-9, atol=1e-12, msg=name)
+        for obj, opt in ((big, opt_big), (small, opt_small)):
+            opt.step()
+            opt.zero_grad()
+            obj.update(momentum=0.8)
+        for a, b in zip(big.state_dict().values(), small.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(small.dino_loss.center, big.dino_loss.center)
+        torch.testing.assert_close(small.ibot_patch_loss.center, big.ibot_patch_loss.center)
+    assert big.dino_loss.center.abs().sum() > 0 and big.ibot_patch_loss.center.abs().sum() > 0
+
+
+def test_no_masked_patch_keeps_every_parameter_in_the_graph(tiny_backbone, batch_tools) -> None:
+    collate, make_crops = batch_tools
+    objective = DINOv2Objective(tiny_backbone(), SMALL)
+    g, locs, m = make_crops(2, n_local=2)
+    batch = collate(g, locs, [torch.zeros_like(x) for x in m])
+    out = objective(batch, teacher_temp=0.04)
+    assert out["ibot_loss"].item() == 0.0
+    out["loss"].backward()
+    missing = [n for n, p in objective.student.named_parameters() if p.grad is None]
+    assert missing == []
+    objective.update(0.99)  # iBOT center: no masked token anywhere -> unchanged
+    assert objective.ibot_patch_loss.center.abs().sum() == 0
+
+
+def test_ddp_wrapped_objective(tiny_backbone, batch_tools, gloo_group: None) -> None:
+    collate, make_crops = batch_tools
+    objective = DINOv2Objective(tiny_backbone(), SMALL)
+    reference = copy.deepcopy(objective)
+    ddp = DistributedDataParallel(objective)  # find_unused_parameters=False
+    g, locs, m = make_crops(2, n_local=8)
+    batch = collate(g, locs, m)
+    out = ddp(batch, teacher_temp=0.04)
+    out["loss"].backward()
+    expected = reference(batch, teacher_temp=0.04)
+    expected["loss"].backward()
+    torch.testing.assert_close(out["loss"], expected["loss"])
+    for (name, p), q in zip(objective.student.named_parameters(), reference.student.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    ddp.module.update(0.9)  # centers all-reduced over the 1-process group
+    reference.update(0.9)
+    torch.testing.assert_close(objective.dino_loss.center, reference.dino_loss.center)
+    # a step without any masked patch must not break DDP either
+    batch = collate(g, locs, [torch.zeros_like(x) for x in m])
+    ddp(batch, teacher_temp=0.04)["loss"].backward()
+
+
+def test_sinkhorn_mode_and_bf16_autocast(tiny_backbone, batch_tools) -> None:
+    collate, make_crops = batch_tools
+    objective = DINOv2Objective(tiny_backbone(), attrs.evolve(SMALL, centering="sinkhorn_knopp"))
+    batch = collate(*make_crops(3, n_local=4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = objective(batch, teacher_temp=0.04)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out.values())
+    out["loss"].backward()
+    objective.update(0.99)
+    assert objective.dino_loss.center.abs().sum() == 0  # SK mode never moves the centers
+
+
+def test_backbone_without_forward_features_list(tiny_backbone, batch_tools) -> None:
+    collate, make_crops = batch_tools
+
+    class NoList(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+            self.embed_dim = inner.embed_dim
+
+        def forward_features(self, x, masks=None):
+            return self.inner.forward_features(x, masks)
+
+    with_list = DINOv2Objective(tiny_backbone(), SMALL)
+    without = copy.deepcopy(with_list)
+    without.student["backbone"] = NoList(without.student["backbone"])
+    without.teacher["backbone"] = NoList(without.teacher["backbone"])
+    batch = collate(*make_crops(2, n_local=3))
+    a, b = with_list(batch, 0.04), without(batch, 0.04)
+    for key in LOSS_KEYS:
+        torch.testing.assert_close(a[key], b[key])
+
+
+def test_batch_validation(tiny_backbone, batch_tools) -> None:
+    collate, make_crops = batch_tools
+    objective = DINOv2Objective(tiny_backbone(), SMALL)
+    batch = collate(*make_crops(2, n_local=2))
+    with pytest.raises(ValueError, match="teacher_temp"):
+        objective(batch, teacher_temp=0.0)
+    with pytest.raises(ValueError, match="collated_masks"):
+        objective({"collated_global_crops": batch["collated_global_crops"]}, 0.04)
+    bad = dict(batch, n_masked_patches=torch.tensor([10**6]))
+    with pytest.raises(ValueError, match="n_masked_patches"):
+        objective(bad, 0.04)
+    minimal = {
+        k: batch[k] for k in ("collated_global_crops", "collated_local_crops", "collated_masks")
+    }
+    full = objective(batch, 0.04)
+    derived = objective(minimal, 0.04)  # indices and weights derived from the masks
+    torch.testing.assert_close(full["ibot_loss"], derived["ibot_loss"])
