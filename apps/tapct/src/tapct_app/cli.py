@@ -356,12 +356,11 @@ def main(argv: list[str] | None = None) -> int:
         print("tapct: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        # Typer's (vendored) click usage errors: show the usage line, as click would.
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+        if type(exc).__name__ == "Abort":
             print("tapct: aborted", file=sys.stderr)
             return 1
         raise

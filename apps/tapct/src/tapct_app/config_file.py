@@ -190,7 +190,15 @@ def config_to_dict(config: Any) -> dict[str, Any]:
         A JSON/YAML-able dict (tuples become lists), safe for
         ``torch.load(weights_only=True)``.
     """
-    return attrs.asdict(config, retain_collection_types=False)
+    return _plain(attrs.asdict(config, recurse=True))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def load_config(
