@@ -113,9 +113,10 @@ class PretrainSlabDataset(IterableDataset):
         step = self.position
         while True:
             if step % n_workers == worker:
-                yield self[step * self.world_size + self.rank]
+                sample = self[step * self.world_size + self.rank]
                 if info is None:
-                    self.position = step + 1
+                    self.position = step + 1  # counted as consumed once handed out
+                yield sample
             step += 1
 
     def state_dict(self) -> dict[str, Any]:

@@ -203,6 +203,7 @@ class ZarrVolumeStore:
         array = self._array(name)
         if start < 0 or depth < 1 or start + depth > array.shape[0]:
             raise ValueError(
-                f"slab [{start}, {start + depth}) outside scan {name!r} with {array.shape[0]} slices"
+                f"slab [{start}, {start + depth}) outside scan {name!r} "
+                f"with {array.shape[0]} slices"
             )
         return torch.from_numpy(array[start : start + depth].astype(np.float32))[None]
