@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import attrs
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from tapct_ssl.dino_head import DINOHead
 from tapct_ssl.dino_loss import DINOLoss
@@ -335,12 +336,21 @@ class DINOv2Objective(nn.Module):
     def _teacher_targets(
         self, global_crops: torch.Tensor, mask_indices: torch.Tensor, teacher_temp: float
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        out = self.teacher["backbone"].forward_features(global_crops)
+        with record_function("tapct_ssl.teacher.backbone"):
+            out = self.teacher["backbone"].forward_features(global_crops)
         cls_tokens = out["x_norm_clstoken"]  # (n_g B, E)
         patch_tokens = out["x_norm_patchtokens"]  # (n_g B, N, E)
         masked = patch_tokens.flatten(0, 1).index_select(0, mask_indices)  # (M, E)
-        cls_logits = self.teacher["dino_head"](cls_tokens)  # (n_g B, K)
-        patch_logits = self.teacher["ibot_head"](masked)  # (M, K')
+        with record_function("tapct_ssl.teacher.heads"):
+            cls_logits = self.teacher["dino_head"](cls_tokens)  # (n_g B, K)
+            patch_logits = self.teacher["ibot_head"](masked)  # (M, K')
+        with record_function("tapct_ssl.teacher.targets"):
+            return self._targets(cls_logits, patch_logits, teacher_temp)
+
+    @torch.no_grad()
+    def _targets(
+        self, cls_logits: torch.Tensor, patch_logits: torch.Tensor, teacher_temp: float
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         if self.config.centering == "centering":
             dino_targets = self.dino_loss.softmax_center_teacher(cls_logits, teacher_temp)
             ibot_targets = self.ibot_patch_loss.softmax_center_teacher(patch_logits, teacher_temp)
@@ -352,7 +362,7 @@ class DINOv2Objective(nn.Module):
             dino_targets = self.dino_loss.sinkhorn_knopp_teacher(
                 cls_logits, teacher_temp, n_iterations=n_iter
             )
-            n_masked = torch.tensor(float(masked.shape[0]), device=masked.device)
+            n_masked = torch.tensor(float(patch_logits.shape[0]), device=patch_logits.device)
             ibot_targets = self.ibot_patch_loss.sinkhorn_knopp_teacher(
                 patch_logits, teacher_temp, n_masked_patches_tensor=n_masked, n_iterations=n_iter
             )
@@ -409,7 +419,8 @@ class DINOv2Objective(nn.Module):
             global_crops, mask_indices, float(teacher_temp)
         )
 
-        global_out, local_out = self._student_features(global_crops, local_crops, masks)
+        with record_function("tapct_ssl.student.backbone"):
+            global_out, local_out = self._student_features(global_crops, local_crops, masks)
         global_cls = global_out["x_norm_clstoken"]  # (n_g B, E)
         patch_tokens = global_out["x_norm_patchtokens"]  # (n_g B, N, E)
         if patch_tokens.shape[1] != masks.shape[1]:
@@ -420,32 +431,35 @@ class DINOv2Objective(nn.Module):
         cls_tokens = global_cls
         if local_out is not None:
             cls_tokens = torch.cat([global_cls, local_out["x_norm_clstoken"]])  # ((n_g+n_l) B, E)
-        dino_logits = self.student["dino_head"](cls_tokens)
-        global_logits = dino_logits[: n_g * n_images]
-        local_logits = dino_logits[n_g * n_images :]
-
-        dino_local, dino_global = dino_crop_terms(
-            self.dino_loss,
-            list(global_logits.chunk(n_g)),
-            list(local_logits.chunk(n_local)) if n_local else [],
-            teacher_views,
-        )
-
         n_masked = mask_indices.numel()
-        if n_masked > 0:
-            masked = patch_tokens.flatten(0, 1).index_select(0, mask_indices)  # (M, E)
-            ibot_logits = self.student["ibot_head"](masked)  # (M, K')
-            ibot = self.ibot_patch_loss.forward_masked(
-                ibot_logits,
-                ibot_targets,
-                masks,
-                n_masked_patches=n_masked,
-                masks_weight=masks_weight,
-            )
-        else:  # keep the iBOT head in the graph with a zero contribution (DDP)
-            ibot = self.student["ibot_head"](patch_tokens[:1, 0]).float().sum() * 0.0
+        with record_function("tapct_ssl.student.heads"):
+            dino_logits = self.student["dino_head"](cls_tokens)  # ((n_g+n_l) B, K)
+            if n_masked > 0:
+                masked = patch_tokens.flatten(0, 1).index_select(0, mask_indices)  # (M, E)
+                ibot_logits = self.student["ibot_head"](masked)  # (M, K')
+            else:  # keep the iBOT head in the graph with a zero contribution (DDP)
+                ibot_logits = self.student["ibot_head"](patch_tokens[:1, 0])  # (1, K')
 
-        koleo = torch.stack([self.koleo_loss(c) for c in global_cls.chunk(n_g)]).sum()
+        with record_function("tapct_ssl.losses"):
+            global_logits = dino_logits[: n_g * n_images]
+            local_logits = dino_logits[n_g * n_images :]
+            dino_local, dino_global = dino_crop_terms(
+                self.dino_loss,
+                list(global_logits.chunk(n_g)),
+                list(local_logits.chunk(n_local)) if n_local else [],
+                teacher_views,
+            )
+            if n_masked > 0:
+                ibot = self.ibot_patch_loss.forward_masked(
+                    ibot_logits,
+                    ibot_targets,
+                    masks,
+                    n_masked_patches=n_masked,
+                    masks_weight=masks_weight,
+                )
+            else:
+                ibot = ibot_logits.float().sum() * 0.0
+            koleo = torch.stack([self.koleo_loss(c) for c in global_cls.chunk(n_g)]).sum()
 
         cfg = self.config
         loss = (
