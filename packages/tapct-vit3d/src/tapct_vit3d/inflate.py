@@ -150,11 +150,12 @@ def inflate_2d_state_dict(
         h0, w0 = (int(g) for g in old_grid)
         n_prefix = n_pos - h0 * w0
     else:
-        n_prefix = next((p for p in (1, 0, 1 + n_regs) if square_side(n_pos - p)), None)
-        if n_prefix is None:
+        found = next((p for p in (1, 0, 1 + n_regs) if square_side(n_pos - p)), None)
+        if found is None:
             raise ValueError(f"cannot infer a square grid from pos_embed {tuple(pos.shape)}; "
                              "pass old_grid=(h0, w0)")
-        h0 = w0 = square_side(n_pos - n_prefix)  # type: ignore[assignment]
+        n_prefix = found
+        h0 = w0 = square_side(n_pos - n_prefix) or 0
     if n_prefix not in (0, 1, 1 + n_regs):
         raise ValueError(f"pos_embed {tuple(pos.shape)} does not fit the grid {(h0, w0)}")
     cls_pos = pos[:, :1] if n_prefix >= 1 else torch.zeros_like(pos[:, :1])

@@ -240,7 +240,7 @@ class VisionTransformer3d(nn.Module):
         """
         B = x.shape[0]
         tokens, grid = self.patch_embed(x)  # (B, N, E)
-        cls = self.cls_token
+        cls: torch.Tensor = self.cls_token
         if masks is not None:
             if not isinstance(masks, torch.Tensor) or masks.dtype != torch.bool:
                 raise TypeError(
@@ -304,10 +304,14 @@ class VisionTransformer3d(nn.Module):
         if isinstance(x, (list, tuple)):
             masks_list = [None] * len(x) if masks is None else masks
             return self.forward_features_list(x, masks_list, generator=generator)  # type: ignore[arg-type]
-        tokens, grid = self.prepare_tokens_with_masks(x, masks)  # type: ignore[arg-type]
+        return self._forward_single(x, masks, generator)  # type: ignore[arg-type]
+
+    def _forward_single(self, x: torch.Tensor, masks: torch.Tensor | None,
+                        generator: torch.Generator | None) -> dict[str, Any]:
+        tokens, grid = self.prepare_tokens_with_masks(x, masks)
         for blk in self.blocks:
             tokens = blk(tokens, generator)
-        return self._split(self.norm(tokens), tokens, masks, grid)  # type: ignore[arg-type]
+        return self._split(self.norm(tokens), tokens, masks, grid)
 
     def forward_features_list(
         self,
@@ -356,10 +360,10 @@ class VisionTransformer3d(nn.Module):
         Returns:
             ``(B, E)`` cls embedding, or the dict when ``is_training``.
         """
-        out = self.forward_features(x, masks)
+        out = self._forward_single(x, masks, None)
         if is_training:
             return out
-        return self.head(out["x_norm_clstoken"])  # type: ignore[index]
+        return self.head(out["x_norm_clstoken"])
 
     def get_intermediate_layers(
         self,
