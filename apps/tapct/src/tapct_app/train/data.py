@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch.utils.data import Dataset, Sampler
 
 from tapct_app.errors import UserError, user_errors_from
@@ -170,30 +169,22 @@ class IterationBatchSampler(Sampler[list[int]]):
 
 
 class IndexedSlabs(Dataset):
-    """Map any non-negative sample index to a slab, epoch by epoch in a seeded order.
+    """Map-style view of ``tapct_data.PretrainSlabDataset``: index ``k`` -> sample ``k``.
 
-    Index ``i`` is item ``perm_e[i % L]`` of the wrapped dataset of length ``L``, where
-    ``e = i // L`` and ``perm_e`` is a permutation seeded with ``(seed, e)``.
+    ``PretrainSlabDataset[k]`` is a pure function of ``(seed, k)`` (a scan and a start
+    slice drawn from a generator seeded with both), so indexing it with the global sample
+    indices of :class:`IterationBatchSampler` gives every rank its own samples and makes
+    resume exact; a map-style wrapper lets the DataLoader use that sampler.
 
     Args:
-        dataset: A map-style dataset whose items are deterministic for an index.
-        seed: The run's seed.
+        dataset: An object whose ``[k]`` returns the slab ``(1, S, H0, W0)`` of sample ``k``.
     """
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
+    def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
-        self.seed = seed
-        self.length = len(dataset)  # type: ignore[arg-type]
-        if self.length == 0:
-            raise UserError("the training store holds no samples")
-        self._perm: tuple[int, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return 2**62
 
     def __getitem__(self, index: int) -> Any:
-        epoch, pos = divmod(int(index), self.length)
-        if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch))
-            self._perm = (epoch, torch.randperm(self.length, generator=g))
-        return self.dataset[int(self._perm[1][pos])]
+        return self.dataset[int(index)]

@@ -319,7 +319,7 @@ def _prepare_data(
         normalize=ClipNormalize(),
         seed=config.seed,
     )
-    return IndexedSlabs(dataset, config.seed), store
+    return IndexedSlabs(dataset), store
 
 
 def _fmt_terms(values: dict[str, float]) -> str:
