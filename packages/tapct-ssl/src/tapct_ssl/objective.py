@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 import torch
@@ -337,7 +338,8 @@ class DINOv2Objective(nn.Module):
         self, global_crops: torch.Tensor, mask_indices: torch.Tensor, teacher_temp: float
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         with record_function("tapct_ssl.teacher.backbone"):
-            out = self.teacher["backbone"].forward_features(global_crops)
+            teacher_backbone: Any = self.teacher["backbone"]
+            out = teacher_backbone.forward_features(global_crops)
         cls_tokens = out["x_norm_clstoken"]  # (n_g B, E)
         patch_tokens = out["x_norm_patchtokens"]  # (n_g B, N, E)
         masked = patch_tokens.flatten(0, 1).index_select(0, mask_indices)  # (M, E)
@@ -372,7 +374,7 @@ class DINOv2Objective(nn.Module):
     def _student_features(
         self, global_crops: torch.Tensor, local_crops: torch.Tensor | None, masks: torch.Tensor
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-        backbone = self.student["backbone"]
+        backbone: Any = self.student["backbone"]
         if local_crops is None:
             return backbone.forward_features(global_crops, masks=masks), None
         if hasattr(backbone, "forward_features_list"):
