@@ -172,11 +172,10 @@ class TeacherTargets(nn.Module):
         stats = all_reduce_sum_(stats)
         self._pending_sum, self._pending_count = None, None
         total = stats[-1]
-        if total.item() > 0:
-            batch_center = (stats[:-1] / total).to(self.center.dtype).view_as(self.center)
-            self.center.mul_(self.center_momentum).add_(
-                batch_center, alpha=1.0 - self.center_momentum
-            )
+        batch_center = (stats[:-1] / total.clamp_min(1.0)).to(self.center.dtype)
+        # no host sync: with a global count of 0 the momentum becomes 1 (center kept)
+        momentum = torch.where(total > 0, self.center_momentum, 1.0).to(self.center.dtype)
+        self.center.mul_(momentum).add_((1.0 - momentum) * batch_center.view_as(self.center))
 
     @property
     def has_pending_update(self) -> bool:
