@@ -146,8 +146,14 @@ def pretrain_command(
     Raises:
         UserError: On any user mistake; an output directory this call created is removed.
     """
+    import os
+
     from tapct_app.train.engine import run_pretraining
 
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        from rich.console import Console
+
+        console = Console(quiet=True)
     for source in data:
         if not Path(source).expanduser().exists():
             raise UserError(f"{source}: no such file or directory")
