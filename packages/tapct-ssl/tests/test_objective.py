@@ -279,3 +279,28 @@ def test_batch_validation(tiny_backbone, batch_tools) -> None:
     full = objective(batch, 0.04)
     derived = objective(minimal, 0.04)  # indices and weights derived from the masks
     torch.testing.assert_close(full["ibot_loss"], derived["ibot_loss"])
+
+
+def test_teacher_runs_without_drop_path_on_tapct_vit3d(batch_tools) -> None:
+    """The student may use stochastic depth; the teacher (eval mode) is deterministic."""
+    tapct_vit3d = pytest.importorskip("tapct_vit3d")
+    collate, _ = batch_tools
+    torch.manual_seed(0)
+    objective = DINOv2Objective(tapct_vit3d.create_model("tap_nano_3d", drop_path_rate=0.5), SMALL)
+    objective.train()
+    gen = torch.Generator().manual_seed(1)
+    globals_ = [torch.randn(2, 1, 12, 32, 32, generator=gen) for _ in range(2)]
+    masks = [torch.zeros(2, 48, dtype=torch.bool) for _ in range(2)]
+    batch = collate(globals_, [], masks)
+    teacher_out: list[torch.Tensor] = []
+    student_out: list[torch.Tensor] = []
+    hooks = [
+        _capture(objective.teacher["dino_head"], teacher_out),
+        _capture(objective.student["dino_head"], student_out),
+    ]
+    for _ in range(2):
+        objective(batch, teacher_temp=0.04)
+    for h in hooks:
+        h.remove()
+    assert torch.equal(teacher_out[0], teacher_out[1])
+    assert not torch.equal(student_out[0], student_out[1])  # drop path active in the student
