@@ -22,13 +22,15 @@ from timm.models.vision_transformer import VisionTransformer
 
 
 def step(model: torch.nn.Module, x: torch.Tensor, ours: bool) -> None:
+    """One training-like step; both sides use the cls and patch tokens, as a DINOv2 student."""
     model.zero_grad(set_to_none=True)
     if ours:
         out = model.forward_features(x)
-        tokens = torch.cat((out["x_norm_clstoken"][:, None], out["x_norm_patchtokens"]), 1)
+        cls, patches = out["x_norm_clstoken"], out["x_norm_patchtokens"]
     else:
-        tokens = model.forward_features(x)
-    tokens.float().square().mean().backward()
+        tokens = model.forward_features(x)  # (B, 1 + 4 + N, E), normalised
+        cls, patches = tokens[:, 0], tokens[:, 5:]
+    (cls.float().square().mean() + patches.float().square().mean()).backward()
 
 
 def timed(model: torch.nn.Module, x: torch.Tensor, ours: bool, device: torch.device) -> float:

@@ -230,3 +230,18 @@ def test_reset_parameters_is_seeded():
         torch.testing.assert_close(pa, pb, msg=name)
     assert a.blocks[0].ls1.gamma.detach()[0].item() == pytest.approx(1e-5)
     assert a.pos_embed.detach().std().item() == pytest.approx(0.02, rel=0.2)
+
+
+def test_bf16_autocast_forward_backward():
+    model = tiny().train()
+    x = torch.randn(2, 1, 8, 16, 16)
+    masks = torch.zeros(2, 8, dtype=torch.bool)
+    masks[:, 2] = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.forward_features(x, masks)
+        ref = model.forward_features(x, masks)["x_norm_patchtokens"].float()
+    assert torch.isfinite(out["x_norm_patchtokens"].float()).all()
+    out["x_norm_clstoken"].float().square().sum().backward()
+    assert model.pos_embed.grad is not None and model.pos_embed.grad.dtype == torch.float32
+    full = tiny().forward_features(x, masks)["x_norm_patchtokens"]
+    torch.testing.assert_close(ref, full, atol=0.1, rtol=0.05)

@@ -256,12 +256,13 @@ class VisionTransformer3d(nn.Module):
         else:
             # zero contribution keeps the mask token in the graph (no unused DDP parameter)
             cls = cls + self.mask_token.sum() * 0.0
-        tokens = torch.cat((cls.to(tokens.dtype).expand(B, -1, -1), tokens), dim=1)
-        tokens = tokens + self.interpolate_pos_encoding(grid, tokens.dtype)
+        # same sums as DINOv2's cat(cls, x) + pos, then registers after cls, in one cat
+        pos = self.interpolate_pos_encoding(grid, tokens.dtype)  # (1, 1 + N, E)
+        parts = [(cls.to(tokens.dtype) + pos[:, :1]).expand(B, -1, -1)]
         if self.register_tokens is not None:
-            regs = self.register_tokens.to(tokens.dtype).expand(B, -1, -1)
-            tokens = torch.cat((tokens[:, :1], regs, tokens[:, 1:]), dim=1)
-        return tokens, grid
+            parts.append(self.register_tokens.to(tokens.dtype).expand(B, -1, -1))
+        parts.append(tokens + pos[:, 1:])
+        return torch.cat(parts, dim=1), grid
 
     def _split(self, x_norm: torch.Tensor, x_prenorm: torch.Tensor, masks: torch.Tensor | None,
                grid: tuple[int, int, int]) -> dict[str, Any]:
