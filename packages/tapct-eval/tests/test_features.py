@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-
 from tapct_eval import FeatureExtractor, extract_features
 from tapct_eval._windows import padded_shape, scan_interval, window_starts
 
@@ -35,8 +34,9 @@ def test_get_intermediate_layers_backbone(layers_only_vit):
     volume = torch.randn(1, 4, 8, 8)
     feats = extract_features(layers_only_vit, volume, roi_size=(4, 8, 8))
     with torch.no_grad():
-        ((patch, cls),) = layers_only_vit.get_intermediate_layers(volume[None], reshape=True,
-                                                                  return_class_token=True)
+        ((patch, cls),) = layers_only_vit.get_intermediate_layers(
+            volume[None], reshape=True, return_class_token=True
+        )
     torch.testing.assert_close(feats.patch_features, patch[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(feats.cls_tokens[0], cls[0], atol=1e-5, rtol=1e-5)
 
@@ -48,13 +48,16 @@ def test_many_windows_match_a_local_model_on_the_whole_volume(local_backbone, sh
     volume = torch.randn(1, *shape)
     feats = extract_features(local_backbone, volume, roi_size=(4, 8, 8), overlap=overlap)
     pshape = padded_shape(shape, (4, 8, 8), (2, 4, 4))
-    padded = F.pad(volume, [0, pshape[2] - shape[2], 0, pshape[1] - shape[1], 0, pshape[0] - shape[0]])
+    padded = F.pad(
+        volume, [0, pshape[2] - shape[2], 0, pshape[1] - shape[1], 0, pshape[0] - shape[0]]
+    )
     with torch.no_grad():
         direct = local_backbone.proj(padded[None])[0]
     grid = tuple(-(-s // p) for s, p in zip(shape, (2, 4, 4)))
     assert feats.patch_features.shape == (8, *grid)
-    torch.testing.assert_close(feats.patch_features, direct[:, : grid[0], : grid[1], : grid[2]],
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        feats.patch_features, direct[:, : grid[0], : grid[1], : grid[2]], atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize(
@@ -90,14 +93,18 @@ def test_small_volume_padded_and_cropped_back(local_backbone):
 def test_streamed_to_zarr_equals_in_memory(tiny_vit, tmp_path):
     volume = torch.randn(1, 10, 12, 12)
     mem = extract_features(tiny_vit, volume, roi_size=(4, 8, 8), overlap=0.5, sw_batch_size=3)
-    streamed = extract_features(tiny_vit, volume.numpy(), roi_size=(4, 8, 8), overlap=0.5,
-                                output=tmp_path / "f.zarr")
+    streamed = extract_features(
+        tiny_vit, volume.numpy(), roi_size=(4, 8, 8), overlap=0.5, output=tmp_path / "f.zarr"
+    )
     assert not isinstance(streamed.patch_features, torch.Tensor)
-    torch.testing.assert_close(streamed.load_patch_features(), mem.patch_features, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        streamed.load_patch_features(), mem.patch_features, atol=1e-5, rtol=1e-5
+    )
     torch.testing.assert_close(streamed.cls_tokens, mem.cls_tokens, atol=1e-5, rtol=1e-5)
     assert torch.equal(streamed.window_positions, mem.window_positions)
-    assert len(mem.cls_tokens) == len(window_starts(mem.padded_shape, (4, 8, 8),
-                                                     scan_interval((4, 8, 8), (2, 4, 4), 0.5)))
+    assert len(mem.cls_tokens) == len(
+        window_starts(mem.padded_shape, (4, 8, 8), scan_interval((4, 8, 8), (2, 4, 4), 0.5))
+    )
 
 
 def test_feature_extractor_is_the_configured_function(tiny_vit):

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from tapct_eval import (
     UndefinedMetricWarning,
     auc_score,

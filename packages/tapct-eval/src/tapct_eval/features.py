@@ -177,7 +177,7 @@ def extract_features(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             if output is None:
                 feats, cls, pos = _extract_in_memory(
                     model, volume, roi, pshape, interval, grid, sw_batch_size, device, pad_value

@@ -1,0 +1,121 @@
+"""Task files and the benchmark runner on small synthetic NIfTI tasks."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from tapct_eval import TaskFileError, load_task, run_benchmark
+
+
+def _write_case(folder, name, seed):
+    g = np.random.default_rng(seed)
+    labels = np.zeros((16, 16, 8), dtype=np.int16)  # NIfTI (x, y, z)
+    labels[4:12, 4:12, 2:6] = 1
+    hu = np.where(labels > 0, 300.0, -800.0) + g.normal(0, 10, labels.shape)
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    (folder / "images").mkdir(exist_ok=True)
+    (folder / "labels").mkdir(exist_ok=True)
+    nib.save(nib.Nifti1Image(hu.astype(np.float32), affine), folder / "images" / f"{name}.nii.gz")
+    nib.save(nib.Nifti1Image(labels, affine), folder / "labels" / f"{name}.nii.gz")
+
+
+@pytest.fixture
+def seg_task(tmp_path):
+    for split, names in (("train", ["a", "b"]), ("test", ["c"])):
+        folder = tmp_path / split
+        folder.mkdir()
+        for i, name in enumerate(names):
+            _write_case(folder, name, i + (10 if split == "test" else 0))
+    task = {
+        "name": "box",
+        "kind": "segmentation",
+        "roi_size": [4, 8, 8],
+        "overlap": 0.0,
+        "num_classes": 2,
+        "class_names": ["background", "box"],
+        "steps": 40,
+        "lr": 0.2,
+        "train": {"images": "train/images", "labels": "train/labels"},
+        "test": [{"image": "test/images/c.nii.gz", "label": "test/labels/c.nii.gz"}],
+    }
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(task))
+    return path
+
+
+def test_load_task_resolves_cases(seg_task):
+    task = load_task(seg_task)
+    assert task.kind == "segmentation" and task.roi_size == (4, 8, 8)
+    assert [c.case_id for c in task.train] == ["a", "b"]
+    assert task.test[0].label.name == "c.nii.gz"
+    assert task.accumulation_steps == 4
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"kind": "regression"}, "kind"),
+        ({"roi_size": [4, 8]}, "roi_size"),
+        ({"overlap": 1.5}, "overlap"),
+        ({"train": {"images": "nope", "labels": "x"}}, "train.images"),
+        ({"label_map": "other"}, "label_map"),
+    ],
+)
+def test_task_errors_name_file_and_key(seg_task, tmp_path, change, key):
+    raw = json.loads(seg_task.read_text())
+    raw.update(change)
+    bad = tmp_path / "bad.yaml"
+    import yaml
+
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(TaskFileError, match=rf"bad.yaml: key '{key}'"):
+        load_task(bad)
+    raw.pop("name")
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(TaskFileError, match="key 'name': is required"):
+        load_task(bad)
+
+
+def test_run_benchmark_segmentation(seg_task, tmp_path, local_backbone):
+    out = tmp_path / "out"
+    res = run_benchmark(seg_task, local_backbone, out, seeds=(0, 1), model_name="local")
+    assert res.metric == "dice" and len(res.per_seed) == 2
+    assert res.summary.mean > 0.8
+    assert set(res.per_class) == {"box"}
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["mean"] == pytest.approx(res.summary.mean)
+    assert (out / "results.csv").read_text().startswith("task,model,class,metric")
+    for name in ("overlay", "retrieval"):
+        assert res.files[name].read_bytes()[:4] == b"\x89PNG"
+    cached = sorted((out / "features" / "local" / "box").glob("*.pt"))
+    assert [p.stem for p in cached] == ["a", "b", "c"]
+    # a second run reuses the cache (same features, same results)
+    again = run_benchmark(seg_task, local_backbone, out, seeds=(0, 1), model_name="local")
+    assert again.per_seed == res.per_seed
+
+
+def test_run_benchmark_classification_with_injected_loader(tmp_path, local_backbone):
+    rows = ["image,split,label"]
+    for i in range(12):
+        rows.append(f"case{i}.npy,{'train' if i < 8 else 'test'},{i % 2}")
+    (tmp_path / "cases.csv").write_text("\n".join(rows))
+    (tmp_path / "task.yaml").write_text(
+        "name: cls\nkind: classification\nroi_size: [4, 8, 8]\nnum_classes: 1\n"
+        "csv: cases.csv\nsteps: 20\naccumulation_steps: 4\nlr: 0.01\n"
+    )
+
+    def load_image(path):
+        i = int(path.stem[4:])
+        g = torch.Generator().manual_seed(i)
+        return torch.randn(1, 8, 16, 16, generator=g) * 0.1 + (1.0 if i % 2 else -1.0)
+
+    res = run_benchmark(
+        tmp_path / "task.yaml", local_backbone, tmp_path / "out", seeds=(0,), load_image=load_image
+    )
+    assert res.metric == "auc"
+    assert res.summary.mean == pytest.approx(1.0)
+    assert "micro_ap" in res.per_class
