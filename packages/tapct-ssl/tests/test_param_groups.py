@@ -98,3 +98,13 @@ def test_backbone_alone_and_validation(tiny_backbone) -> None:
     assert no_blocks == {"weight": (1.0, 1.0, False), "bias": (1.0, 0.0, False)}
     with pytest.raises(ValueError, match="layerwise_decay"):
         get_params_groups(nn.Linear(2, 2), layerwise_decay=0.0)
+
+
+def test_wrapper_names_are_stripped_but_real_module_names_kept() -> None:
+    from tapct_ssl._names import strip_wrapper_prefixes
+
+    assert strip_wrapper_prefixes("module._orig_mod.blocks.0.w") == "blocks.0.w"
+    assert strip_wrapper_prefixes("_orig_mod.module.blocks.0.w") == "blocks.0.w"
+    nested = "_fsdp_wrapped_module.a._fsdp_wrapped_module.b._checkpoint_wrapped_module.w"
+    assert strip_wrapper_prefixes(nested) == "a.b.w"
+    assert strip_wrapper_prefixes("head.module.weight") == "head.module.weight"

@@ -12,7 +12,13 @@ from tapct_ssl._names import strip_wrapper_prefixes
 
 
 def _named(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {strip_wrapper_prefixes(n): p for n, p in module.named_parameters()}
+    named: dict[str, torch.Tensor] = {}
+    for raw, param in module.named_parameters():
+        name = strip_wrapper_prefixes(raw)
+        if name in named:
+            raise ValueError(f"two parameters map to the name {name!r} ({raw!r})")
+        named[name] = param
+    return named
 
 
 @torch.no_grad()
