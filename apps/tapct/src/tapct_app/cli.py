@@ -63,7 +63,12 @@ def _runtime_policy() -> None:
     import warnings
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"tapct: warning: {one_line(message)}", file=file or sys.stderr)
+
     if not _STATE["debug"]:
+        warnings.showwarning = show
         # Known noisy third-party warnings that say nothing to a user of the CLI.
         warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
         warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -35,7 +35,7 @@ def preprocess_command(inputs: Sequence[Path], output: Path, console: Any) -> Pa
 
     check_inputs_exist(inputs)
     with user_errors_from(inputs[0] if len(inputs) == 1 else "preprocess"):
-        store = build_zarr_store([str(p) for p in inputs], output)
+        store = build_zarr_store([str(p) for p in inputs], output, on_error="raise")
     n = len(ZarrVolumeStore(store))
     console.print(f"zarr store {store}: {n} scan(s)")
     return Path(store)

@@ -119,7 +119,7 @@ def prepare_store(
     from tapct_data import build_zarr_store
 
     with user_errors_from(", ".join(str(p) for p in paths) if len(paths) == 1 else "data"):
-        build_zarr_store([str(p) for p in paths], store, progress=progress)
+        build_zarr_store([str(p) for p in paths], store, progress=progress, on_error="raise")
     return store
 
 
