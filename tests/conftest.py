@@ -29,11 +29,12 @@ TINY_SETS = [
 ]
 
 
-def tapct(*args: str, timeout: float = 600, extra_env: dict | None = None):
-    """Run ``python -m tapct_app ARGS`` and return the CompletedProcess."""
+def tapct(*args: str, timeout: float = 600, extra_env: dict | None = None,
+          cwd: Path | None = None):
+    """Run ``python -m tapct_app ARGS`` (in ``cwd``) and return the CompletedProcess."""
     env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1", **(extra_env or {})}
     return subprocess.run([sys.executable, "-m", "tapct_app", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+                          text=True, timeout=timeout, env=env, cwd=cwd)
 
 
 def tiny_args(*, iterations: int, batch: int = 2) -> list[str]:
