@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 import torchio as tio
-
 from tapct_data import (
     ClipNormalize,
     MultiCropAugmentation,
