@@ -211,6 +211,15 @@ def extract_features(
     )
 
 
+def _one_tensor(
+    out: torch.Tensor | tuple[torch.Tensor, ...] | dict[Any, torch.Tensor],
+) -> torch.Tensor:
+    """The single tensor MONAI returns for a predictor (``_WindowRecorder``) that gives one."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"sliding_window_inference gave a {type(out).__name__}, not one tensor")
+    return out
+
+
 def _extract_in_memory(
     model, volume, roi, pshape, interval, grid, sw_batch_size, device, pad_value
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]:
@@ -230,7 +239,7 @@ def _extract_in_memory(
         with_coord=True,
     )
     t, h, w = grid
-    feats = out[0, :, :t, :h, :w].contiguous()  # (E, t, h, w)
+    feats = _one_tensor(out)[0, :, :t, :h, :w].contiguous()  # (E, t, h, w)
     return feats, torch.cat(recorder.cls), recorder.positions
 
 
@@ -261,14 +270,16 @@ def _extract_streamed(
     rt = roi[0] // pd
     starts = sorted({s[0] for s in window_starts(pshape, roi, interval)})
     in_plane_overlap = monai_overlap(roi, interval)[1:]
-    buf_start, buf_sum, buf_cnt = 0, None, None  # rolling rows of the patch grid
+    buf_start = 0
+    buf_sum: torch.Tensor | None = None  # rolling rows of the patch grid, set together
+    buf_cnt: torch.Tensor | None = None
     cls: list[torch.Tensor] = []
     positions: list[tuple[int, int, int]] = []
 
     def flush(until: int) -> None:
         nonlocal buf_start, buf_sum, buf_cnt
         n = min(until, t) - buf_start
-        if buf_sum is None or n <= 0:
+        if buf_sum is None or buf_cnt is None or n <= 0:
             return
         rows = buf_sum[:, :n] / buf_cnt[:n].view(1, -1, 1, 1)
         array[:, buf_start : buf_start + n] = rows.numpy()
@@ -280,22 +291,24 @@ def _extract_streamed(
         slab = _read_slab(volume, d0, d0 + roi[0])
         slab = _pad_to(slab, (roi[0], pshape[1], pshape[2]), pad_value)[None]
         recorder = _WindowRecorder(model, device, depth_offset=d0)
-        out = sliding_window_inference(
-            slab,
-            roi,
-            sw_batch_size,
-            recorder,
-            overlap=(0.0, *in_plane_overlap),
-            mode="constant",
-            sw_device=device,
-            device="cpu",
-            with_coord=True,
+        out = _one_tensor(
+            sliding_window_inference(
+                slab,
+                roi,
+                sw_batch_size,
+                recorder,
+                overlap=(0.0, *in_plane_overlap),
+                mode="constant",
+                sw_device=device,
+                device="cpu",
+                with_coord=True,
+            )
         )[0, :, :, :h, :w]  # (E, rt, h, w)
         cls += recorder.cls
         positions += recorder.positions
         row0 = d0 // pd - buf_start
         need = row0 + rt
-        if buf_sum is None:
+        if buf_sum is None or buf_cnt is None:
             buf_sum = torch.zeros(embed_dim, 0, h, w)
             buf_cnt = torch.zeros(0)
         if buf_sum.shape[1] < need:

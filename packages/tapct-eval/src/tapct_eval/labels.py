@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Final
+from typing import Final, overload
 
 import numpy as np
 import torch
@@ -255,6 +255,24 @@ def _build_v2_to_49() -> Mapping[int, int]:
 TOTALSEGMENTATOR_V2_TO_49: Final[Mapping[int, int]] = _build_v2_to_49()
 
 
+@overload
+def remap_labels(
+    labels: torch.Tensor,
+    mapping: Mapping[int, int] | Sequence[int],
+    *,
+    unmapped: int | None = None,
+) -> torch.Tensor: ...
+
+
+@overload
+def remap_labels(
+    labels: np.ndarray,
+    mapping: Mapping[int, int] | Sequence[int],
+    *,
+    unmapped: int | None = None,
+) -> np.ndarray: ...
+
+
 def remap_labels(
     labels: np.ndarray | torch.Tensor,
     mapping: Mapping[int, int] | Sequence[int],
@@ -280,8 +298,7 @@ def remap_labels(
     table_map = dict(enumerate(mapping)) if isinstance(mapping, Sequence) else dict(mapping)
     if any(k < 0 for k in table_map):
         raise ValueError(f"mapping keys must be >= 0, got {sorted(k for k in table_map if k < 0)}")
-    is_tensor = isinstance(labels, torch.Tensor)
-    if is_tensor:
+    if isinstance(labels, torch.Tensor):
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
         values = labels.long()
@@ -294,7 +311,7 @@ def remap_labels(
             f"labels must be a numpy array or torch tensor, got {type(labels).__name__}"
         )
     if values.numel() == 0:
-        return labels.long() if is_tensor else labels.astype(np.int64)
+        return labels.long() if isinstance(labels, torch.Tensor) else labels.astype(np.int64)
     lo, hi = int(values.min()), int(values.max())
     if lo < 0:
         raise ValueError(f"labels must be >= 0, found {lo}")
@@ -308,7 +325,15 @@ def remap_labels(
     if unmapped is None and bool((out == -1).any()):
         missing = torch.unique(values[out == -1]).tolist()
         raise ValueError(f"label ids {missing[:20]} are not in the mapping")
-    return out if is_tensor else out.numpy()
+    return out if isinstance(labels, torch.Tensor) else out.numpy()
+
+
+@overload
+def merge_totalsegmentator_labels(labels: torch.Tensor) -> torch.Tensor: ...
+
+
+@overload
+def merge_totalsegmentator_labels(labels: np.ndarray) -> np.ndarray: ...
 
 
 def merge_totalsegmentator_labels(labels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from monai.data import MetaTensor
 from monai.transforms import LoadImage, Orientation
 
 __all__ = ["PAPER_CLIP_NORMALIZE", "clip_normalize", "load_image_monai", "load_label_monai"]
@@ -43,7 +44,14 @@ def _load_canonical(path: str | Path) -> torch.Tensor:
         raise ValueError(
             f"{path}: expected a single-channel 3D image, got shape {tuple(image.shape)}"
         )
-    return Orientation(axcodes="SPL")(image).as_tensor()
+    oriented = Orientation(axcodes="SPL")(image) if isinstance(image, MetaTensor) else image
+    if not isinstance(oriented, MetaTensor):
+        # Without meta tracking MONAI drops the affine and Orientation assumes identity.
+        raise RuntimeError(
+            f"{path}: MONAI returned no affine (meta tracking is off); "
+            "call monai.data.set_track_meta(True) before loading"
+        )
+    return oriented.as_tensor()
 
 
 def load_image_monai(path: str | Path) -> torch.Tensor:
@@ -57,6 +65,7 @@ def load_image_monai(path: str | Path) -> torch.Tensor:
 
     Raises:
         ValueError: when the image is not single-channel 3D.
+        RuntimeError: when MONAI's meta tracking is off (no affine to orient by).
     """
     return clip_normalize(_load_canonical(path))
 

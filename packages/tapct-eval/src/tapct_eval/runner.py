@@ -42,6 +42,7 @@ from .metrics import (
 )
 from .retrieval import masked_patch_features, retrieve_patches
 from .segmentation import (
+    LinearSegmentationProbe,
     ProbeTrainingConfig,
     evaluate_segmentation,
     predict_segmentation,
@@ -275,7 +276,9 @@ def _run_segmentation(task, model, name, data, seeds, device, out, figures) -> B
     test_x = [f["patch_features"] for _, _, _, f in data["test"]]
     test_y = [y for _, _, y, _ in data["test"]]
     names = _class_names(task)[1:]
-    per_seed, per_class_rows, first_probe = [], [], None
+    per_seed: list[float] = []
+    per_class_rows: list[torch.Tensor] = []
+    first_probe: LinearSegmentationProbe | None = None
     for seed in seeds:
         probe = train_segmentation_probe(
             train_x,
@@ -286,7 +289,8 @@ def _run_segmentation(task, model, name, data, seeds, device, out, figures) -> B
             seed=seed,
             device=device,
         )
-        first_probe = first_probe or probe
+        if first_probe is None:
+            first_probe = probe
         dice = evaluate_segmentation(probe, test_x, test_y)  # (n_cases, C - 1)
         case_macro = [
             float(row[~row.isnan()].mean()) if (~row.isnan()).any() else math.nan for row in dice
@@ -312,6 +316,8 @@ def _run_segmentation(task, model, name, data, seeds, device, out, figures) -> B
     }
     files: dict[str, Path] = {}
     if figures:
+        if first_probe is None:
+            raise ValueError("seeds must not be empty")
         case, image, label, feats = data["test"][0]
         pred = predict_segmentation(first_probe, feats["patch_features"], label.shape)
         files["overlay"] = plot_segmentation_overlay(
@@ -352,7 +358,8 @@ def _run_classification(task, name, data, seeds, device) -> BenchmarkResults:
     targets = [c.target for c, _, _, _ in data["train"]]
     test_bags = [f["cls_tokens"] for _, _, _, f in data["test"]]
     y_test = torch.tensor([c.target for c, _, _, _ in data["test"]])
-    main, extra = [], {"micro_ap": []}
+    main: list[float] = []
+    extra: dict[str, list[float]] = {"micro_ap": []}
     for seed in seeds:
         head = train_abmil(
             bags, targets, task.task_type, task.num_classes, config=config, seed=seed, device=device

@@ -66,7 +66,7 @@ class LinearSegmentationProbe(nn.Module):
             generator: CPU generator for reproducible weights.
         """
         bound = self.in_dim**-0.5
-        for param in (self.conv.weight, self.conv.bias):
+        for param in self.conv.parameters():  # weight, then bias
             values = torch.rand(param.shape, generator=generator) * 2 * bound - bound
             param.copy_(values)
 
