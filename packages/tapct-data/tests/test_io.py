@@ -243,3 +243,18 @@ def test_volume_validation():
         Volume(data=torch.zeros(2, 2), spacing=(1, 1, 1), affine=np.eye(4))
     with pytest.raises(ValueError, match="spacing"):
         Volume(data=torch.zeros(1, 2, 2, 2), spacing=(1, 0, 1), affine=np.eye(4))
+
+
+@pytest.mark.parametrize("spacing", ["0.5", ["0.5", "0.5", "0.5"]])
+def test_bad_pixel_spacing_is_a_value_error_naming_the_file(shared_data, tmp_path, spacing):
+    # One number used to escape as a TypeError (so build_zarr_store's on_error="skip"
+    # did not catch it); three numbers failed later with an anonymous unpacking error.
+    import pydicom
+
+    ds = pydicom.dcmread(shared_data / "ct/ct_small_slice.dcm")
+    ds.PixelSpacing = spacing
+    path = tmp_path / "bad_spacing.dcm"
+    ds.save_as(path)
+    with pytest.raises(ValueError, match="PixelSpacing must be 2 numbers") as info:
+        read_volume(path)
+    assert "bad_spacing.dcm" in str(info.value)

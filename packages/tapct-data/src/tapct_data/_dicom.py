@@ -49,6 +49,15 @@ def _f(value: Any) -> float | None:
     return None if value is None or value == "" else float(value)
 
 
+def _spacing_pair(path: Path, value: Any) -> tuple[float, float]:
+    """``PixelSpacing`` as ``(between rows, between columns)``; it must hold 2 numbers."""
+    try:
+        dy, dx = (float(v) for v in value)
+    except (TypeError, ValueError) as exc:  # one number (not iterable), 3 numbers, text
+        raise ValueError(f"{path}: PixelSpacing must be 2 numbers, got {value!r}") from exc
+    return dy, dx
+
+
 def dcmread(path: Path, stop_before_pixels: bool = False) -> pydicom.Dataset:
     """Read a DICOM file; files without preamble/file meta are read with ``force=True``.
 
@@ -111,7 +120,7 @@ def _frames_of(path: Path, ds: pydicom.Dataset) -> list[_Frame]:
                     position=np.asarray(position.ImagePositionPatient, dtype=np.float64),
                     row_cos=iop[:3],
                     col_cos=iop[3:],
-                    pixel_spacing=tuple(float(v) for v in measures.PixelSpacing),
+                    pixel_spacing=_spacing_pair(path, measures.PixelSpacing),
                     rows=int(ds.Rows),
                     cols=int(ds.Columns),
                     slope=_f(rescale.get("RescaleSlope")) if rescale else None,
@@ -139,7 +148,7 @@ def _frames_of(path: Path, ds: pydicom.Dataset) -> list[_Frame]:
             position=np.asarray(ds.ImagePositionPatient, dtype=np.float64),
             row_cos=iop[:3],
             col_cos=iop[3:],
-            pixel_spacing=tuple(float(v) for v in spacing),
+            pixel_spacing=_spacing_pair(path, spacing),
             rows=int(ds.Rows),
             cols=int(ds.Columns),
             slope=_f(ds.get("RescaleSlope")),

@@ -36,6 +36,8 @@ def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises several types for a broken header
         raise ValueError(f"{path}: cannot read NIfTI ({exc})") from exc
+    if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
+        raise ValueError(f"{path}: not a NIfTI-1/2 image (nibabel read a {type(img).__name__})")
     header = img.header
     dtype = header.get_data_dtype()
     if dtype.names is not None or dtype.kind == "V":

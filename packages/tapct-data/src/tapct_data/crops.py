@@ -116,9 +116,10 @@ class RandomResizedCrop3d(BatchedRandomTransform):
         pad_value: float | None = None,
         seed: int | torch.Generator | None = None,
     ) -> None:
-        size = tuple(int(s) for s in size)
-        if len(size) != 3 or min(size) < 1:
-            raise ValueError(f"size must be 3 positive ints (d, h, w), got {size}")
+        ints = tuple(int(s) for s in size)
+        if len(ints) != 3 or min(ints) < 1:
+            raise ValueError(f"size must be 3 positive ints (d, h, w), got {ints}")
+        size = (ints[0], ints[1], ints[2])
         if not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
         if not 0 < ratio[0] <= ratio[1]:

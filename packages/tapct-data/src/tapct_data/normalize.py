@@ -36,6 +36,11 @@ class ClipNormalize(tio.IntensityTransform):
         ValueError: ``lower >= upper`` or ``std <= 0``.
     """
 
+    # Shadows torchio's static ``Transform.mean(tensor)``, a masking helper that users pass
+    # as ``masking_method`` and torchio never calls on ``self``; the name stays because
+    # ``args_names`` (torchio's history) and callers read ``.mean``.
+    mean: float  # type: ignore[assignment]
+
     def __init__(
         self,
         lower: float = -1008.0,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,16 @@ def _unique_names(sources: Sequence[Path]) -> list[str]:
         seen[base] = count + 1
         names.append(base if count == 0 else f"{base}_{count}")
     return names
+
+
+def _mapping_attr(group: zarr.Group, key: str, where: Path) -> Mapping[str, Any]:
+    """The group attribute ``key`` (a JSON object; ``{}`` when absent)."""
+    value = group.attrs.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"{where}: attribute {key!r} is not a mapping ({value!r}); not a scan store"
+        )
+    return value
 
 
 def build_zarr_store(
@@ -81,7 +91,9 @@ def build_zarr_store(
     if len(chunks) != 3 or min(chunks) < 1:
         raise ValueError(f"chunks must be 3 positive ints, got {chunks}")
     if reader is None:
-        from .io import read_volume as reader
+        from .io import read_volume
+
+        reader = read_volume
     if isinstance(sources, str | PathLike):
         folder = Path(sources)
         paths = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
@@ -90,8 +102,8 @@ def build_zarr_store(
     store = Path(store)
     group = zarr.open_group(str(store), mode="a")
     group.attrs.setdefault("format_version", FORMAT_VERSION)
-    manifest: dict[str, Any] = dict(group.attrs.get("manifest", {}))
-    failed: dict[str, str] = dict(group.attrs.get("failed", {}))
+    manifest: dict[str, Any] = dict(_mapping_attr(group, "manifest", store))
+    failed = {str(k): str(v) for k, v in _mapping_attr(group, "failed", store).items()}
     names = _unique_names(paths)
     for index, (path, name) in enumerate(zip(paths, names)):
         if name in group:
@@ -157,11 +169,12 @@ class ZarrVolumeStore:
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no zarr store")
         self._group = zarr.open_group(str(self.path), mode="r")
-        manifest = self._group.attrs.get("manifest", {})
-        self._arrays = {}
+        manifest = _mapping_attr(self._group, "manifest", self.path)
+        self._arrays: dict[str, zarr.Array] = {}
         for name in sorted(manifest):
-            if name in self._group and self._group[name].attrs.get("complete"):
-                self._arrays[name] = self._group[name]
+            item = self._group.get(name)
+            if isinstance(item, zarr.Array) and item.attrs.get("complete"):
+                self._arrays[name] = item
         self.names: list[str] = list(self._arrays)
 
     def __len__(self) -> int:
