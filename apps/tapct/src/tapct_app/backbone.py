@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tapct_app.errors import UserError, one_line
+
+if TYPE_CHECKING:
+    from tapct_vit3d import VisionTransformer3d
 
 __all__ = ["load_backbone"]
 
 
-def load_backbone(spec: str, device: Any = "cpu") -> Any:
+def load_backbone(spec: str, device: Any = "cpu") -> VisionTransformer3d:
     """Load a backbone from a ``save_pretrained`` folder, a ``.safetensors`` file or a preset.
 
     Args:

@@ -362,9 +362,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         # Typer's (vendored) click usage errors: show the usage line, as click would.
-        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()
-            return exc.exit_code
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if show is not None and isinstance(exit_code, int):
+            show()
+            return exit_code
         if type(exc).__name__ == "Abort":
             print("tapct: aborted", file=sys.stderr)
             return 1

@@ -13,7 +13,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import attrs
 import yaml
@@ -30,7 +30,7 @@ __all__ = [
     "structure",
 ]
 
-T = TypeVar("T")
+T = TypeVar("T", bound=attrs.AttrsInstance)
 
 
 def list_shipped_configs() -> list[str]:
@@ -140,7 +140,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return out
 
 
-def _is_attrs_type(tp: Any) -> bool:
+def _is_attrs_type(tp: Any) -> TypeGuard[type[attrs.AttrsInstance]]:
     return isinstance(tp, type) and attrs.has(tp)
 
 

@@ -74,7 +74,7 @@ def retrieve_command(
     except ValueError as exc:
         raise UserError(f"--device: {exc}") from exc
     backbone = load_backbone(model, dev)
-    patch = tuple(int(p) for p in backbone.patch_size)
+    patch = backbone.patch_size  # (pd, ph, pw) ints
     roi_size = tuple(roi) if roi is not None else tuple(int(s) for s in backbone.img_size)
     if any(r % p for r, p in zip(roi_size, patch, strict=True)):
         raise UserError(f"--roi {roi_size}: each axis must be a multiple of the patch size {patch}")
@@ -100,7 +100,7 @@ def retrieve_command(
             patch_size=patch, title=f"{target_scan.name}: similarity to the lesion of "
             f"{query_scan.name}",
         )
-        matches = [
+        matches: list[dict[str, Any]] = [
             {
                 "rank": i + 1,
                 "patch": [int(v) for v in pos],

@@ -34,18 +34,34 @@ __all__ = [
 ]
 
 
-def _tuple_of(kind: type, length: int | None = None):
-    """Return an attrs converter turning a list (from YAML) into a tuple of ``kind``."""
+def _tuple_of(kind: type, value: Any, length: int | None = None) -> tuple:
+    """Turn a list (from YAML) into a tuple of ``kind``, of ``length`` items if given."""
+    if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+        raise TypeError(f"expected a sequence, got {value!r}")
+    out = tuple(kind(v) for v in value)
+    if length is not None and len(out) != length:
+        raise ValueError(f"expected {length} values, got {len(out)}: {value!r}")
+    return out
 
-    def convert(value: Any) -> tuple:
-        if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
-            raise TypeError(f"expected a sequence, got {value!r}")
-        out = tuple(kind(v) for v in value)
-        if length is not None and len(out) != length:
-            raise ValueError(f"expected {length} values, got {len(out)}: {value!r}")
-        return out
 
-    return convert
+# attrs converters: named functions, so that mypy's attrs plugin knows the field types.
+def _str_tuple(value: Any) -> tuple[str, ...]:
+    return _tuple_of(str, value)
+
+
+def _int_pair(value: Any) -> tuple[int, int]:
+    a, b = _tuple_of(int, value, 2)
+    return a, b
+
+
+def _int_triple(value: Any) -> tuple[int, int, int]:
+    a, b, c = _tuple_of(int, value, 3)
+    return a, b, c
+
+
+def _float_pair(value: Any) -> tuple[float, float]:
+    a, b = _tuple_of(float, value, 2)
+    return a, b
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -99,15 +115,15 @@ class DataConfig:
         phantom_shape: ``(D, H, W)`` of each demo phantom.
     """
 
-    sources: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of(str))
+    sources: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     slab_depth: int = attrs.field(default=12, validator=_positive)
     in_plane_size: tuple[int, int] = attrs.field(
-        default=(256, 256), converter=_tuple_of(int, 2), validator=_positive
+        default=(256, 256), converter=_int_pair, validator=_positive
     )
     num_workers: int = attrs.field(default=4, validator=attrs.validators.ge(0))
     phantom_count: int = attrs.field(default=4, validator=_positive)
     phantom_shape: tuple[int, int, int] = attrs.field(
-        default=(48, 96, 96), converter=_tuple_of(int, 3), validator=_positive
+        default=(48, 96, 96), converter=_int_triple, validator=_positive
     )
 
 
@@ -127,17 +143,17 @@ class CropConfig:
     """
 
     global_crops_size: tuple[int, int, int] = attrs.field(
-        default=(12, 224, 224), converter=_tuple_of(int, 3), validator=_positive
+        default=(12, 224, 224), converter=_int_triple, validator=_positive
     )
     local_crops_size: tuple[int, int, int] = attrs.field(
-        default=(12, 96, 96), converter=_tuple_of(int, 3), validator=_positive
+        default=(12, 96, 96), converter=_int_triple, validator=_positive
     )
     local_crops_number: int = attrs.field(default=8, validator=attrs.validators.ge(0))
     global_crops_scale: tuple[float, float] = attrs.field(
-        default=(0.32, 1.0), converter=_tuple_of(float, 2), validator=[_positive, _ordered_pair]
+        default=(0.32, 1.0), converter=_float_pair, validator=[_positive, _ordered_pair]
     )
     local_crops_scale: tuple[float, float] = attrs.field(
-        default=(0.05, 0.32), converter=_tuple_of(float, 2), validator=[_positive, _ordered_pair]
+        default=(0.05, 0.32), converter=_float_pair, validator=[_positive, _ordered_pair]
     )
     extra: dict = attrs.field(factory=dict, converter=dict)
 
@@ -154,7 +170,7 @@ class MaskConfig:
 
     mask_probability: float = attrs.field(default=0.5, validator=_fraction)
     mask_ratio: tuple[float, float] = attrs.field(
-        default=(0.1, 0.5), converter=_tuple_of(float, 2), validator=_ordered_pair
+        default=(0.1, 0.5), converter=_float_pair, validator=_ordered_pair
     )
     extra: dict = attrs.field(factory=dict, converter=dict)
 

@@ -60,16 +60,22 @@ def write_demo_phantoms(folder: Path, count: int, shape: Sequence[int], seed: in
 
     Returns:
         The written paths.
+
+    Raises:
+        ValueError: If ``shape`` does not have 3 values.
     """
     from tapct_data import write_volume
     from tapct_data.phantom import make_phantom
 
+    if len(shape) != 3:
+        raise ValueError(f"shape must be (D, H, W), got {tuple(shape)}")
+    d, h, w = shape
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
         path = folder / f"phantom-{i:03d}.nii.gz"
         if not path.is_file():
-            volume, _labels = make_phantom(shape=tuple(shape), seed=seed + i)
+            volume, _labels = make_phantom(shape=(d, h, w), seed=seed + i)
             tmp = folder / f".tmp-phantom-{i:03d}.nii.gz"
             write_volume(volume, tmp)
             tmp.replace(path)

@@ -26,7 +26,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
@@ -52,6 +52,10 @@ from tapct_app.train.distributed import (
     init_distributed,
 )
 from tapct_app.train.metrics import MetricsLogger, plot_loss_curve, read_metrics
+
+if TYPE_CHECKING:  # the libraries are imported lazily, for a fast CLI start
+    from tapct_ssl import DINOv2Objective
+    from tapct_vit3d import VisionTransformer3d
 
 __all__ = [
     "LOSS_TERMS",
@@ -101,7 +105,7 @@ class PretrainResult:
     rank_checksums: tuple[float, ...]
 
 
-def build_backbone(config: PretrainConfig) -> nn.Module:
+def build_backbone(config: PretrainConfig) -> VisionTransformer3d:
     """Create the student backbone from the config's model section.
 
     Args:
@@ -123,7 +127,7 @@ def build_backbone(config: PretrainConfig) -> nn.Module:
         raise UserError(f"model {config.model.name!r}: {exc}") from exc
 
 
-def build_objective(config: PretrainConfig, backbone: nn.Module) -> nn.Module:
+def build_objective(config: PretrainConfig, backbone: nn.Module) -> DINOv2Objective:
     """Wrap the backbone in the DINOv2 objective (student, EMA teacher, heads, losses).
 
     Args:
@@ -200,7 +204,7 @@ def _apply_schedule(
         g["weight_decay"] = values["wd"] * g.get("wd_multiplier", 1.0)
 
 
-def _build_optimizer(optim_config: Any, objective: nn.Module) -> torch.optim.Optimizer:
+def _build_optimizer(optim_config: Any, objective: DINOv2Objective) -> torch.optim.Optimizer:
     from tapct_ssl import get_params_groups
 
     groups = get_params_groups(
@@ -227,7 +231,8 @@ class _Augmenter:
             local_crops_scale=c.local_crops_scale,
             **c.extra,
         )
-        grid = tuple(s // p for s, p in zip(c.global_crops_size, patch_size, strict=True))
+        (gd, gh, gw), (pd, ph, pw) = c.global_crops_size, patch_size
+        grid = (gd // pd, gh // ph, gw // pw)
         for size, p in ((c.global_crops_size, patch_size), (c.local_crops_size, patch_size)):
             if any(s % q for s, q in zip(size, p, strict=True)):
                 raise UserError(f"crop size {size} is not a multiple of the patch size {p}")
@@ -256,7 +261,7 @@ def _param_checksum(module: nn.Module) -> float:
         return float(sum(p.detach().double().sum().item() for p in module.parameters()))
 
 
-def _grad_norm_and_clip(objective: nn.Module, clip: float) -> float:
+def _grad_norm_and_clip(objective: DINOv2Objective, clip: float) -> float:
     """Clip each student part's gradient norm separately (as DINOv2) and return the max."""
     norms = []
     for part in objective.student.values():
@@ -373,14 +378,19 @@ def _load_state(objective: nn.Module, optimizer: torch.optim.Optimizer, state: d
     ckpt.restore_rng_state(state.get("rng", {}))
 
 
-def _export(objective: nn.Module, output: Path) -> Path:
+def _export(objective: DINOv2Objective, output: Path) -> Path:
     import shutil
     import tempfile
 
+    from tapct_vit3d import VisionTransformer3d
+
+    backbone = objective.teacher["backbone"]
+    if not isinstance(backbone, VisionTransformer3d):
+        raise TypeError(f"cannot export a {type(backbone).__name__}: not a VisionTransformer3d")
     target = output / "model"
     tmp = Path(tempfile.mkdtemp(prefix=".model.tmp-", dir=output))
     try:
-        objective.teacher["backbone"].save_pretrained(tmp)
+        backbone.save_pretrained(tmp)
         if target.exists():
             shutil.rmtree(target)
         tmp.replace(target)
@@ -471,7 +481,7 @@ def _run(
     schedules = build_schedulers(
         optim_config, config.train.iterations, global_batch_size=global_batch
     )
-    augmenter = _Augmenter(config, tuple(backbone.patch_size))
+    augmenter = _Augmenter(config, backbone.patch_size)
 
     start_it, samples_seen, first_loss = 0, 0, None
     if state is not None:
@@ -494,11 +504,12 @@ def _run(
 
     total = config.train.iterations
     end_it = total if stop_after is None else min(total, start_it + stop_after)
-    model: nn.Module = objective
+    ddp: torch.nn.parallel.DistributedDataParallel | None = None
     if dist.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
+        ddp = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None
         )
+    model: nn.Module = objective if ddp is None else ddp
     accum = config.train.accumulation_steps
     sampler = IterationBatchSampler(
         start_it, end_it, samples_seen, config.train.batch_size, accum, dist.rank, dist.world_size
@@ -550,9 +561,9 @@ def _run(
                 step_seed = derive_seed(config.seed, it, shard)
                 batch = augmenter(slabs, step_seed)
                 torch.manual_seed(derive_seed(step_seed, "model"))  # drop path
-                sync = contextlib.nullcontext()
-                if dist.distributed and a < accum - 1:
-                    sync = model.no_sync()
+                sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+                if ddp is not None and a < accum - 1:
+                    sync = ddp.no_sync()
                 with sync:
                     with _autocast(device, config.precision):
                         out = model(batch, teacher_temp=values["teacher_temp"])
@@ -591,7 +602,7 @@ def _run(
                     t_log, n_log = now, 0
                     if logger is not None:
                         logger.log(it, metrics)
-                if prog is not None:
+                if prog is not None and task is not None:
                     prog.update(task, completed=it + 1, metrics=_fmt_terms(metrics))
                 if on_step is not None:
                     on_step(it, metrics)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def plot_loss_curve(records: list[Mapping[str, Any]], path: str | Path) -> Path | None:
+def plot_loss_curve(records: Sequence[Mapping[str, Any]], path: str | Path) -> Path | None:
     """Plot the total loss and its terms against the iteration into a PNG.
 
     Args:
