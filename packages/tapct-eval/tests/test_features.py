@@ -128,3 +128,51 @@ def test_validation_errors(tiny_vit):
         FeatureExtractor(roi_size=(4, 8, 8), overlap=-0.1)
     with pytest.raises(TypeError, match="patch_size"):
         extract_features(torch.nn.Linear(2, 2), volume, roi_size=(4, 8, 8))
+
+
+def test_sw_batch_size_does_not_change_the_features(tiny_vit):
+    volume = torch.randn(1, 10, 20, 12)
+    one = extract_features(tiny_vit, volume, (4, 8, 8), overlap=0.5, sw_batch_size=1)
+    many = extract_features(tiny_vit, volume, (4, 8, 8), overlap=0.5, sw_batch_size=5)
+    assert len(one.cls_tokens) > 5  # several batches, the last one partial
+    torch.testing.assert_close(many.patch_features, one.patch_features, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(many.cls_tokens, one.cls_tokens, atol=1e-5, rtol=1e-5)
+    assert torch.equal(many.window_positions, one.window_positions)
+
+
+def test_pad_value_fills_the_border_patches_only(local_backbone):
+    """Air padding changes exactly the patches that reach into padding (a local model)."""
+    volume = torch.randn(1, 5, 9, 8)  # D, H not whole patches of (2, 4, 4): padded
+    air = -2.86  # about (clip(-1024 HU) - mean) / std with the paper's statistics
+    zero = extract_features(local_backbone, volume, (4, 8, 8), pad_value=0.0)
+    filled = extract_features(local_backbone, volume, (4, 8, 8), pad_value=air)
+    diff = (zero.patch_features - filled.patch_features).abs().amax(dim=0)  # (t, h, w)
+    border = torch.zeros_like(diff, dtype=torch.bool)
+    border[-1] = True  # depth 5 -> the 3rd patch row holds 1 voxel and 1 padded slice
+    border[:, -1] = True  # height 9 -> the 3rd patch column holds 1 row and 3 padded rows
+    assert (diff[border] > 1e-3).all()
+    assert (diff[~border] == 0).all()
+    with torch.no_grad():
+        padded = F.pad(volume, [0, 0, 0, 3, 0, 1], value=air)
+        direct = local_backbone.proj(padded[None])[0]
+    torch.testing.assert_close(filled.patch_features, direct, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_autocast_is_close_to_float32(tiny_vit):
+    volume = torch.randn(1, 8, 16, 16)
+    fp32 = extract_features(tiny_vit, volume, (4, 8, 8), autocast=False)
+    bf16 = extract_features(tiny_vit, volume, (4, 8, 8), autocast=True)  # CPU bf16 autocast
+    assert bf16.patch_features.dtype == torch.float32
+    assert not torch.equal(bf16.patch_features, fp32.patch_features)  # it did run in bf16
+    torch.testing.assert_close(bf16.patch_features, fp32.patch_features, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.gpu
+def test_cuda_path_matches_cpu(tiny_vit):
+    volume = torch.randn(1, 12, 24, 24)
+    cpu = extract_features(tiny_vit, volume, (4, 8, 8), overlap=0.5, autocast=False)
+    gpu = extract_features(tiny_vit.cuda(), volume, (4, 8, 8), overlap=0.5, device="cuda",
+                           sw_batch_size=8)  # bf16 autocast by default on CUDA
+    assert gpu.patch_features.device.type == "cpu"
+    torch.testing.assert_close(gpu.patch_features, cpu.patch_features, atol=0.1, rtol=0.05)
+    torch.testing.assert_close(gpu.cls_tokens, cpu.cls_tokens, atol=0.1, rtol=0.05)
