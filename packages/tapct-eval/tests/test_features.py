@@ -171,8 +171,9 @@ def test_bf16_autocast_is_close_to_float32(tiny_vit):
 def test_cuda_path_matches_cpu(tiny_vit):
     volume = torch.randn(1, 12, 24, 24)
     cpu = extract_features(tiny_vit, volume, (4, 8, 8), overlap=0.5, autocast=False)
-    gpu = extract_features(tiny_vit.cuda(), volume, (4, 8, 8), overlap=0.5, device="cuda",
-                           sw_batch_size=8)  # bf16 autocast by default on CUDA
+    gpu = extract_features(
+        tiny_vit.cuda(), volume, (4, 8, 8), overlap=0.5, device="cuda", sw_batch_size=8
+    )  # bf16 autocast by default on CUDA
     assert gpu.patch_features.device.type == "cpu"
     torch.testing.assert_close(gpu.patch_features, cpu.patch_features, atol=0.1, rtol=0.05)
     torch.testing.assert_close(gpu.cls_tokens, cpu.cls_tokens, atol=0.1, rtol=0.05)

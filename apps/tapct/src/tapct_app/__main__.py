@@ -2,4 +2,5 @@
 
 from tapct_app.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # guarded: spawned reader processes (embed --workers) import it
+    raise SystemExit(main())

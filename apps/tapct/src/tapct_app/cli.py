@@ -186,7 +186,9 @@ def embed(
     model: Annotated[
         str, typer.Option("--model", "-m", help="Model directory (save_pretrained) or a preset.")
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Output folder (a rerun adds to it, resumes).")
+    ],
     roi: Annotated[
         str | None,
         typer.Option(help="Sliding-window size D,H,W in voxels (default: the model's input)."),
@@ -201,8 +203,18 @@ def embed(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     pca: Annotated[bool, typer.Option("--pca/--no-pca", help="Write the PCA picture.")] = True,
+    workers: Annotated[
+        int, typer.Option(help="Scan readers ahead of the model (1: a thread; more: processes).")
+    ] = 1,
+    on_error: Annotated[
+        str, typer.Option(help="skip (report in skipped.jsonl) or stop at the first bad scan.")
+    ] = "skip",
+    sw_batch_size: Annotated[int, typer.Option(help="Sliding windows per forward.")] = 4,
 ) -> None:
-    """Embed scans: dense patch features (E, t, h, w) and window cls tokens, plus a PCA picture."""
+    """Embed scans: dense patch features (E, t, h, w) and window cls tokens, plus a PCA picture.
+
+    Resumable: scans already in OUTPUT with the same model and settings are skipped.
+    """
     _runtime_policy()
     from tapct_app.embed import embed_command
 
@@ -217,6 +229,9 @@ def embed(
         device=device,
         pca=pca,
         console=_console(),
+        workers=workers,
+        on_error=on_error,
+        sw_batch_size=sw_batch_size,
     )
 
 

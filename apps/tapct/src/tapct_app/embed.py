@@ -1,5 +1,15 @@
 """``tapct embed``: dense patch features and window cls tokens of scans, plus a PCA picture.
 
+Built for an archive: the inputs are those of every command (files, folders, DICOM trees,
+zarr stores, lists); ``--workers`` readers run ahead of the model (which stays in this
+process); every scan is committed on its own (its files written to temporaries in the
+output folder and renamed into place, then ``manifest.json`` rewritten atomically with the
+scan merged in), so a run killed at any point (``kill -9`` included) leaves only whole
+scans and a rerun of the same command skips the scans already embedded with the same
+model and settings. A scan that cannot be read is skipped and reported in
+``skipped.jsonl`` (``--on-error skip``, the default) or stops the run (``--on-error stop``);
+when nothing at all could be embedded the command fails with one line and leaves nothing.
+
 Per scan ``NAME`` the output folder gets:
 
 - ``NAME.safetensors`` (or ``NAME.zarr``) with ``patch_features (E, t, h, w)`` float32,
@@ -8,23 +18,35 @@ Per scan ``NAME`` the output folder gets:
 - ``NAME_pca.png``: the first three principal components of the patch features as RGB on
   the middle axial, coronal and sagittal planes, beside the CT;
 
-and ``manifest.json`` lists every scan with its source, shapes, spacing (mm), the
-feature grid's spacing (mm per patch), the model and the window settings. Outputs are
-written into a temp folder and appear only when every scan succeeded.
+and ``manifest.json`` lists every scan embedded into the folder (over all runs) with its
+source, shapes, spacing (mm), the feature grid's spacing (mm per patch) and the id of its
+settings; ``settings`` maps each id to the model (name and a digest of its weights), the
+window settings, the precision and the intensity normalisation it was made with.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
+import os
+import shutil
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 
-from tapct_app.errors import UserError
+from tapct_app.errors import UserError, one_line
+from tapct_app.faults import fault_point
 
-__all__ = ["embed_command", "pca_rgb", "save_pca_figure"]
+__all__ = ["EMBED_FORMAT", "EmbedReport", "embed_command", "pca_rgb", "save_pca_figure"]
+
+EMBED_FORMAT = "tapct-embedding/1"
+ON_ERROR = ("skip", "stop")
+_TMP_MARK = ".tmp-embed-"  # in the names of temporaries; a rerun removes what a kill left
 
 
 def pca_rgb(features: Any) -> np.ndarray:
@@ -87,10 +109,20 @@ def save_pca_figure(
     # Planes: D runs inferior -> superior, H anterior -> posterior, W right -> left.
     planes = [
         ("axial", ct[D // 2], rgb[min(t - 1, (D // 2) // pd)], sh / sw, (ph * sh) / (pw * sw)),
-        ("coronal", ct[::-1, H // 2], rgb[::-1, min(h - 1, (H // 2) // ph)], sd / sw,
-         (pd * sd) / (pw * sw)),
-        ("sagittal", ct[::-1, :, W // 2], rgb[::-1, :, min(w - 1, (W // 2) // pw)], sd / sh,
-         (pd * sd) / (ph * sh)),
+        (
+            "coronal",
+            ct[::-1, H // 2],
+            rgb[::-1, min(h - 1, (H // 2) // ph)],
+            sd / sw,
+            (pd * sd) / (pw * sw),
+        ),
+        (
+            "sagittal",
+            ct[::-1, :, W // 2],
+            rgb[::-1, :, min(w - 1, (W // 2) // pw)],
+            sd / sh,
+            (pd * sd) / (ph * sh),
+        ),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(11, 7), dpi=100)
     for col, (name, img, col_rgb, aspect, aspect_rgb) in enumerate(planes):
@@ -102,11 +134,310 @@ def save_pca_figure(
             ax.set_axis_off()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
 
 
-def _save_features(feats: Any, folder: Path, name: str, fmt: str) -> str:
+# --------------------------------------------------------------------------- records
+
+
+@attrs.frozen
+class EmbedReport:
+    """What one ``tapct embed`` run did.
+
+    Attributes:
+        output: The output folder.
+        embedded: Names of the scans embedded by this run.
+        already_done: Names skipped because the folder holds them with the same settings.
+        skipped: ``(source, reason)`` of every scan that could not be read.
+    """
+
+    output: Path
+    embedded: tuple[str, ...]
+    already_done: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...]
+
+    def summary(self) -> str:
+        """The final line: ``N embedded, M skipped (see DIR/skipped.jsonl)[, K already done]``."""
+        text = f"{len(self.embedded)} embedded, {len(self.skipped)} skipped"
+        if self.skipped:
+            text += f" (see {self.output / 'skipped.jsonl'})"
+        if self.already_done:
+            text += f", {len(self.already_done)} already done"
+        return text + f" in {self.output}"
+
+
+@attrs.frozen
+class _Source:
+    """One scan to embed (today's input rule; ``tapct_data.ScanSource`` will replace it).
+
+    Attributes:
+        name: Unique output name.
+        path: The file, DICOM folder or zarr store.
+        store_key: The scan's name inside a zarr store, else None.
+    """
+
+    name: str
+    path: str
+    store_key: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.store_key}" if self.store_key is not None else self.path
+
+
+@attrs.frozen(eq=False)
+class _Scan:
+    """A scan read by a worker: what crosses the process boundary (numpy, picklable)."""
+
+    hu: np.ndarray  # (1, D, H, W) float32 HU, after the optional in-plane resize
+    spacing: tuple[float, float, float]
+    affine: list[list[float]]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _list_sources(inputs: Sequence[Path]) -> list[_Source]:
+    """Expand the inputs into scans, without reading them (one-line errors for bad stores).
+
+    Raises:
+        UserError: A missing input, or a zarr store with no complete scan (empty, or not
+            written by ``tapct preprocess``).
+    """
+    from tapct_app.errors import user_errors_from
+    from tapct_app.scans import check_inputs_exist, scan_name
+    from tapct_app.train.data import is_zarr_store
+
+    check_inputs_exist(inputs)
+    seen: dict[str, int] = {}
+
+    def unique(name: str) -> str:
+        seen[name] = seen.get(name, 0) + 1
+        return name if seen[name] == 1 else f"{name}-{seen[name]}"
+
+    sources: list[_Source] = []
+    for path in inputs:
+        if is_zarr_store(path):
+            from tapct_data import ZarrVolumeStore
+
+            with user_errors_from(path):
+                names = list(ZarrVolumeStore(path).names)
+            if not names:
+                raise UserError(
+                    f"{path}: no complete scans in this zarr store (empty, or not a store "
+                    "written by `tapct preprocess`)"
+                )
+            sources += [_Source(unique(scan_name(n)), str(path), n) for n in names]
+        else:
+            sources.append(_Source(unique(scan_name(path)), str(path)))
+    return sources
+
+
+def _read_source(source: _Source, in_plane: tuple[int, int] | None) -> _Scan | str:
+    """Read one scan in HU (in a worker); a scan the user can fix gives its one-line reason.
+
+    Returns:
+        The scan, or the reason it cannot be embedded (``"<source>: <problem>"``).
+    """
+    from tapct_app.errors import user_errors_from
+
+    try:
+        if source.store_key is not None:
+            from tapct_data import ZarrVolumeStore
+
+            with user_errors_from(str(source)):
+                volume = ZarrVolumeStore(source.path).read(source.store_key)
+        else:
+            from tapct_app.scans import read_ct
+
+            volume = read_ct(source.path)
+        if in_plane is not None:
+            from tapct_data import resize_for_eval
+
+            with user_errors_from(str(source), "in-plane resize"):
+                volume = resize_for_eval(volume, in_plane=in_plane)
+    except UserError as exc:
+        return one_line(exc)
+    return _Scan(
+        hu=np.ascontiguousarray(volume.data.numpy(), dtype=np.float32),
+        spacing=tuple(float(s) for s in volume.spacing),  # type: ignore[arg-type]
+        affine=np.asarray(volume.affine, dtype=float).tolist(),
+    )
+
+
+def _reason(message: str, source: _Source) -> str:
+    """``"<source>: <problem>"`` -> ``"<problem>"`` for ``skipped.jsonl``."""
+    for prefix in (f"{source}: ", f"{source.path}: "):
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
+
+
+def _executor(workers: int) -> Executor:
+    """Readers ahead of the model: one thread, or a pool of ``workers`` processes.
+
+    A single reader is a thread (no start-up cost, reading overlaps the forward: the
+    readers' heavy parts, zlib, SimpleITK and numpy, release the GIL); several are spawned
+    processes, so DICOM parsing in Python scales with the cores (each pays one import of
+    torch; fork is avoided because the parent holds CUDA and OpenMP state).
+    """
+    if workers == 1:
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="tapct-embed-read")
+    import multiprocessing
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _read_ahead(
+    sources: Sequence[_Source],
+    in_plane: tuple[int, int] | None,
+    workers: int,
+    read: Callable[[_Source, tuple[int, int] | None], _Scan | str],
+) -> Iterator[tuple[_Source, _Scan | str]]:
+    """Yield ``(source, scan or reason)`` in order, keeping ``workers + 1`` reads in flight."""
+    if not sources:
+        return
+    executor = _executor(workers)
+    pending: deque[tuple[_Source, Future[_Scan | str]]] = deque()
+    todo = iter(sources)
+    try:
+        for source in todo:
+            pending.append((source, executor.submit(read, source, in_plane)))
+            if len(pending) > workers:
+                break
+        while pending:
+            source, future = pending.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append((nxt, executor.submit(read, nxt, in_plane)))
+            yield source, future.result()
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _model_normalization(model: str, backbone: Any) -> Any:
+    """The intensity normalisation the model expects: THE one place embed decides it.
+
+    Returns:
+        A ``tapct_data.ClipNormalize`` (today the paper's statistics for every model).
+    """
+    from tapct_data import ClipNormalize
+
+    return ClipNormalize()
+
+
+def _air_pad_value(normalize: Any) -> float:
+    """The normalised value of air (-1024 HU, clipped like every voxel): the window padding."""
+    import torch
+
+    air_hu = -1024.0  # tapct_data's one air value (AIR_HU)
+    return float(normalize(torch.tensor([air_hu], dtype=torch.float32))[0])
+
+
+def _weights_digest(model: Any) -> str:
+    """A short SHA-256 of the backbone's state dict (names, shapes, dtypes, bytes)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().reshape(-1).contiguous().cpu()
+        digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(t.view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
+
+
+def _settings_id(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- the folder
+
+
+def _check_output(output: Path) -> None:
+    """Refuse an ``-o`` that exists and is not a folder.
+
+    Raises:
+        UserError: ``-o`` is an existing file.
+    """
+    if output.exists() and not output.is_dir():
+        raise UserError(f"{output}: exists and is not a folder (-o needs a folder)")
+
+
+def _prepare_output(output: Path) -> bool:
+    """Create ``-o`` or remove the temporaries a killed run left; True if created here."""
+    if output.is_dir():
+        for stale in output.glob(f".*{_TMP_MARK}*"):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+        return False
+    output.mkdir(parents=True)
+    return True
+
+
+class _Manifest:
+    """``manifest.json``: every scan of the folder, merged run after run, written atomically."""
+
+    def __init__(self, output: Path) -> None:
+        self.path = output / "manifest.json"
+        self.settings: dict[str, Any] = {}
+        self.scans: dict[str, dict[str, Any]] = {}
+        if not self.path.exists():
+            return
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if data.get("format") != EMBED_FORMAT:
+                raise ValueError(f"format {data.get('format')!r}, expected {EMBED_FORMAT!r}")
+            self.settings = dict(data.get("settings", {}))
+            self.scans = {e["name"]: e for e in data["scans"]}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(
+                f"{self.path}: not a tapct embedding manifest ({one_line(exc)}); choose another -o"
+            ) from exc
+
+    def is_done(self, source: _Source, settings_id: str) -> bool:
+        """True when ``source`` is in the folder, made with these settings, files present."""
+        entry = self.scans.get(source.name)
+        if entry is None or entry.get("settings_id") != settings_id:
+            return False
+        if entry.get("source") != str(source):
+            return False
+        files = [entry.get("file"), entry.get("pca_png")]
+        return all((self.path.parent / f).exists() for f in files if f)
+
+    def commit(self, entry: dict[str, Any], settings_id: str, settings: dict[str, Any]) -> None:
+        """Merge one scan and rewrite the file atomically (temporary + rename)."""
+        from tapct_app.outputs import atomic_write_bytes
+
+        self.settings[settings_id] = settings
+        self.scans[entry["name"]] = entry
+        used = {e.get("settings_id") for e in self.scans.values()}
+        data = {
+            "format": EMBED_FORMAT,
+            "settings": {k: v for k, v in self.settings.items() if k in used},
+            "scans": [self.scans[n] for n in sorted(self.scans)],
+        }
+        atomic_write_bytes(self.path, json.dumps(data, indent=2).encode("utf-8"))
+
+
+def _tmp_name(output: Path, final: str) -> Path:
+    return output / f".{final}{_TMP_MARK}{os.getpid()}"
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename a finished temporary (file or folder) onto ``final``, replacing it."""
+    if tmp.is_dir() and final.exists():
+        old = final.with_name(f".{final.name}{_TMP_MARK}old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    else:
+        os.replace(tmp, final)
+
+
+def _save_features(feats: Any, path: Path, fmt: str) -> None:
+    """Write one scan's features to ``path`` (a safetensors file or a zarr folder)."""
     patch = feats.load_patch_features().contiguous().float()
     tensors = {
         "patch_features": patch,
@@ -116,19 +447,75 @@ def _save_features(feats: Any, folder: Path, name: str, fmt: str) -> str:
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
-        file = f"{name}.safetensors"
-        save_file(tensors, str(folder / file), metadata={"format": "tapct-embedding/1"})
-        return file
+        save_file(tensors, str(path), metadata={"format": EMBED_FORMAT})
+        return
     import zarr
 
-    file = f"{name}.zarr"
-    group = zarr.open_group(str(folder / file), mode="w")
+    group = zarr.open_group(str(path), mode="w")
     for key, value in tensors.items():
         arr = value.numpy()
         chunks = (arr.shape[0], 1, *arr.shape[2:]) if key == "patch_features" else arr.shape
         group.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=chunks)[...] = arr
-    group.attrs["format"] = "tapct-embedding/1"
-    return file
+    group.attrs["format"] = EMBED_FORMAT
+
+
+def _write_skipped(output: Path, skipped: Sequence[tuple[str, str]]) -> None:
+    """``skipped.jsonl`` (one ``{"path", "reason"}`` per line); removed when none."""
+    from tapct_app.outputs import atomic_write_bytes
+
+    path = output / "skipped.jsonl"
+    if not skipped:
+        path.unlink(missing_ok=True)
+        return
+    lines = [json.dumps({"path": p, "reason": r}) for p, r in skipped]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """A rich bar with ETA on a terminal; one plain line per scan otherwise."""
+
+    def __init__(self, console: Any, total: int) -> None:
+        self.console = console
+        self.bar: Any = None
+        if total and getattr(console, "is_terminal", False):
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("embed"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
+            self.task = self.bar.add_task("embed", total=total)
+            self.bar.start()
+
+    def advance(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            self.bar.advance(self.task)
+        else:
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# --------------------------------------------------------------------------- the command
 
 
 def embed_command(
@@ -143,25 +530,53 @@ def embed_command(
     device: str,
     pca: bool,
     console: Any,
-) -> None:
+    workers: int = 1,
+    on_error: str = "skip",
+    sw_batch_size: int = 4,
+) -> EmbedReport:
     """Run ``tapct embed`` (see the module docstring).
 
+    Args:
+        inputs: Scan files, DICOM folders, zarr stores.
+        model: Model folder or preset.
+        output: The output folder (created; an existing one is added to).
+        roi: Window ``(d, h, w)`` voxels; None = the model's input size.
+        overlap: Window overlap in ``[0, 1)``.
+        fmt: ``"safetensors"`` or ``"zarr"``.
+        in_plane: Resize each slice to ``(H, W)`` first, or None.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        pca: Write the PCA picture per scan.
+        console: A rich console for progress and the final line.
+        workers: Readers ahead of the model (1 = one thread, more = processes).
+        on_error: ``"skip"`` (report in ``skipped.jsonl``) or ``"stop"`` at a bad scan.
+        sw_batch_size: Windows per forward.
+
+    Returns:
+        The :class:`EmbedReport` (its :meth:`~EmbedReport.summary` is printed).
+
     Raises:
-        UserError: Missing/corrupt/non-CT input, a bad ``--roi``/``--overlap``/``--format``,
-            or a model that cannot be loaded; nothing is left in ``output``.
+        UserError: A bad option, ``-o`` an existing file or a folder with a foreign
+            ``manifest.json``, an empty or foreign zarr store, a model that cannot be
+            loaded, a bad scan with ``--on-error stop``, or no scan embedded at all (the
+            first reason, with the count); a folder this run created is removed then.
     """
     import torch
 
     from tapct_app.backbone import load_backbone
-    from tapct_app.outputs import atomic_output_dir
-    from tapct_app.scans import check_inputs_exist, iter_scans
     from tapct_app.train.distributed import resolve_device
 
-    check_inputs_exist(inputs)
     if not 0.0 <= overlap < 1.0:
         raise UserError(f"--overlap {overlap}: must lie in [0, 1)")
     if fmt not in ("safetensors", "zarr"):
         raise UserError(f"--format {fmt!r}: expected safetensors or zarr")
+    if on_error not in ON_ERROR:
+        raise UserError(f"--on-error {on_error!r}: expected skip or stop")
+    if workers < 1:
+        raise UserError(f"--workers {workers}: must be at least 1")
+    if sw_batch_size < 1:
+        raise UserError(f"--sw-batch-size {sw_batch_size}: must be at least 1")
+    _check_output(output)
+    sources = _list_sources(inputs)
     try:
         dev = resolve_device(device)
     except ValueError as exc:
@@ -174,53 +589,130 @@ def embed_command(
             f"--roi {','.join(map(str, roi_size))}: each axis must be a multiple of the "
             f"model's patch size {','.join(map(str, patch))}"
         )
-    from tapct_data import ClipNormalize, resize_for_eval
     from tapct_eval import extract_features
 
-    normalize = ClipNormalize()
-    manifest: dict[str, Any] = {
-        "format": "tapct-embedding/1",
+    normalize = _model_normalization(model, backbone)
+    pad_value = _air_pad_value(normalize)
+    settings: dict[str, Any] = {
         "model": str(model),
+        "model_weights_sha256": _weights_digest(backbone),
         "model_config": getattr(backbone, "config", {}),
         "roi_size": list(roi_size),
         "overlap": overlap,
         "patch_size": list(patch),
         "in_plane": list(in_plane) if in_plane else None,
-        "normalization": {"lower": normalize.lower, "upper": normalize.upper,
-                          "mean": normalize.mean, "std": normalize.std},
-        "scans": [],
+        "precision": "bf16" if dev.type == "cuda" else "float32",
+        "pad_value": pad_value,
+        "normalization": {
+            "lower": normalize.lower,
+            "upper": normalize.upper,
+            "mean": normalize.mean,
+            "std": normalize.std,
+        },
+        "format": fmt,
+        "pca": pca,
     }
-    with atomic_output_dir(output) as tmp:
-        for name, source, volume in iter_scans(inputs):
-            if in_plane is not None:
-                volume = resize_for_eval(volume, in_plane=in_plane)
-            hu = volume.data  # (1, D, H, W) HU
+    settings = json.loads(json.dumps(settings))  # the manifest's JSON view (tuples -> lists)
+    sid = _settings_id(settings)
+
+    created = _prepare_output(output)
+    manifest = _Manifest(output)
+    done = [s for s in sources if manifest.is_done(s, sid)]
+    todo = [s for s in sources if not manifest.is_done(s, sid)]
+    embedded: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    progress = _Progress(console, len(todo))
+    try:
+        for source, scan in _read_ahead(todo, in_plane, workers, _read_source):
+            if isinstance(scan, str):
+                if on_error == "stop":
+                    raise UserError(scan)
+                skipped.append((str(source), _reason(scan, source)))
+                progress.advance(f"{source}: skipped: {_reason(scan, source)}")
+                continue
+            hu = torch.from_numpy(scan.hu)  # (1, D, H, W) HU
             x = normalize(hu).float()
             with torch.inference_mode():
-                feats = extract_features(backbone, x, roi_size, overlap=overlap, device=dev)
-            file = _save_features(feats, tmp, name, fmt)
-            spacing = [float(s) for s in volume.spacing]
-            entry = {
-                "name": name,
-                "source": source,
-                "file": file,
-                "volume_shape": list(hu.shape[1:]),
-                "spacing_mm": spacing,
-                "patch_features_shape": list(feats.load_patch_features().shape),
-                "cls_tokens_shape": list(feats.cls_tokens.shape),
-                "feature_spacing_mm": [s * p for s, p in zip(spacing, patch, strict=True)],
-                "affine": np.asarray(volume.affine, dtype=float).tolist(),
-            }
-            if pca:
-                rgb = pca_rgb(feats.load_patch_features().numpy())
-                png = f"{name}_pca.png"
-                save_pca_figure(hu[0].numpy(), rgb, spacing, patch, tmp / png,
-                                f"{name}: first 3 principal components of patch features")
-                entry["pca_png"] = png
-            manifest["scans"].append(entry)
-            console.print(
+                feats = extract_features(
+                    backbone,
+                    x,
+                    roi_size,
+                    overlap=overlap,
+                    sw_batch_size=sw_batch_size,
+                    device=dev,
+                    pad_value=pad_value,
+                )
+            entry = _commit_scan(output, source, scan, feats, fmt, patch, pca, sid)
+            manifest.commit(entry, sid, settings)
+            embedded.append(source.name)
+            fault_point("embed.after_scan")
+            progress.advance(
                 f"{source}: volume {tuple(entry['volume_shape'])} -> features "
                 f"{tuple(entry['patch_features_shape'])}, {entry['cls_tokens_shape'][0]} windows"
             )
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    console.print(f"wrote {len(manifest['scans'])} embedding(s) and manifest.json to {output}/")
+    except BaseException:
+        progress.close()
+        for tmp in output.glob(f".*{_TMP_MARK}{os.getpid()}"):  # this run's unfinished files
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        if created and not any(output.iterdir()):
+            output.rmdir()
+        raise
+    progress.close()
+    if not embedded and not done:
+        if created:
+            shutil.rmtree(output)
+        first, reason = skipped[0] if skipped else ("", "no scans given")
+        more = f" ({len(skipped) - 1} more skipped)" if len(skipped) > 1 else ""
+        raise UserError(f"{first}: {reason}; nothing embedded{more}")
+    _write_skipped(output, skipped)
+    report = EmbedReport(output, tuple(embedded), tuple(s.name for s in done), tuple(skipped))
+    console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)
+    return report
+
+
+def _commit_scan(
+    output: Path,
+    source: _Source,
+    scan: _Scan,
+    feats: Any,
+    fmt: str,
+    patch: tuple[int, ...],
+    pca: bool,
+    settings_id: str,
+) -> dict[str, Any]:
+    """Write one scan's files to temporaries, rename them into place; returns its entry."""
+    name = source.name
+    file = f"{name}.{fmt}"
+    tmp = _tmp_name(output, file)
+    _save_features(feats, tmp, fmt)
+    patch_features = feats.load_patch_features()
+    entry: dict[str, Any] = {
+        "name": name,
+        "source": str(source),
+        "file": file,
+        "settings_id": settings_id,
+        "volume_shape": list(scan.hu.shape[1:]),
+        "spacing_mm": list(scan.spacing),
+        "patch_features_shape": list(patch_features.shape),
+        "cls_tokens_shape": list(feats.cls_tokens.shape),
+        "feature_spacing_mm": [s * p for s, p in zip(scan.spacing, patch, strict=True)],
+        "affine": scan.affine,
+    }
+    published = [(tmp, output / file)]
+    if pca:
+        png = f"{name}_pca.png"
+        tmp_png = _tmp_name(output, png)
+        rgb = pca_rgb(patch_features.numpy())
+        save_pca_figure(
+            scan.hu[0],
+            rgb,
+            scan.spacing,
+            patch,
+            tmp_png,
+            f"{name}: first 3 principal components of patch features",
+        )
+        entry["pca_png"] = png
+        published.append((tmp_png, output / png))
+    for tmp_path, final in published:
+        _publish(tmp_path, final)
+    return entry

@@ -13,9 +13,11 @@ once, windows are cut, batched (``sw_batch_size`` per forward) and averaged ther
 autocast on CUDA, and features and cls tokens come back to the host in one transfer at
 the end. Padding uses ``pad_value``: callers embedding CT pass the *normalised value of
 air* (MONAI's default ``cval`` 0.0 is the dataset mean, about -87 HU with the paper's
-statistics, i.e. soft tissue around the scan). In streaming mode the same windows are visited one row
-of depth starts at a time and finished patch rows are written to a zarr array, so memory
-holds one ROI depth of features instead of the whole grid.
+statistics, i.e. soft tissue around the scan).
+
+In streaming mode the same windows are visited one row of depth starts at a time and
+finished patch rows are written to a zarr array, so memory holds one ROI depth of features
+instead of the whole grid.
 
 References:
     Cardoso et al. 2022 (MONAI), ``monai/inferers/utils.py::sliding_window_inference``;
@@ -210,7 +212,15 @@ def extract_features(
         with torch.no_grad():
             if output is None:
                 feats, cls, pos = _extract_in_memory(
-                    model, volume, roi, pshape, interval, grid, sw_batch_size, device, pad_value,
+                    model,
+                    volume,
+                    roi,
+                    pshape,
+                    interval,
+                    grid,
+                    sw_batch_size,
+                    device,
+                    pad_value,
                     amp,
                 )
             else:
