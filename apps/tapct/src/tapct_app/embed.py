@@ -241,6 +241,7 @@ def _read_source(source: _Source, in_plane: tuple[int, int] | None) -> _Scan | s
     """
     from tapct_app.errors import user_errors_from
 
+    volume: Any
     try:
         if source.store_key is not None:
             from tapct_data import ZarrVolumeStore
