@@ -125,6 +125,10 @@ def test_three_slice_series_in_anatomical_order(shared_data):
         ds = pydicom.dcmread(shared_data / "ct/ct_3slice_dicom" / name)
         z.append(float(ds.ImagePositionPatient[2]))
         hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        # PixelPaddingValue -2000 (signed storage) marks the outside of the field of view:
+        # air (-1024 HU), not -2000 * 1 - 1024 = -3024 HU.
+        assert int(ds.PixelPaddingValue) == -2000 and (ds.pixel_array == -2000).any()
+        hu[ds.pixel_array == -2000] = -1024.0
         index = round((z[-1] - vol.affine[2, 3]) / vol.affine[2, 0])
         assert torch.equal(vol.data[0, index], torch.from_numpy(hu.astype(np.float32)))
     assert z[0] > z[1] > z[2]  # file names run superior -> inferior

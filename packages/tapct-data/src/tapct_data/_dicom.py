@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from pydicom.errors import InvalidDicomError
 
 from .errors import DicomGeometryWarning
+from .formats import AIR_HU
 
 # Relative tolerance on slice steps (1 %), and absolute floor in mm.
 _STEP_RTOL = 0.01
@@ -43,6 +44,7 @@ class _Frame:
     slope: float | None
     intercept: float | None
     thickness: float | None
+    padding: tuple[int, int] | None = None  # stored-value range marking "outside the FOV"
 
 
 def _f(value: Any) -> float | None:
@@ -56,6 +58,31 @@ def _spacing_pair(path: Path, value: Any) -> tuple[float, float]:
     except (TypeError, ValueError) as exc:  # one number (not iterable), 3 numbers, text
         raise ValueError(f"{path}: PixelSpacing must be 2 numbers, got {value!r}") from exc
     return dy, dx
+
+
+def _padding_range(ds: pydicom.Dataset) -> tuple[int, int] | None:
+    """The stored-value range ``(lo, hi)`` that PixelPaddingValue marks, or None.
+
+    PixelPaddingValue alone marks one stored value; with PixelPaddingRangeLimit every
+    stored value between the two (inclusive) is padding (DICOM PS3.3 C.7.5.1.1.2). Both are
+    compared with the *stored* values, before the rescale, in the pixel representation's
+    own signedness: an unsigned series written by a tool that thought in signed numbers
+    (-2000 stored as 63536) is matched either way, as GDCM and dcm2niix do.
+    """
+    value = ds.get("PixelPaddingValue")
+    if value is None or value == "":
+        return None
+    limit = ds.get("PixelPaddingRangeLimit")
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+
+    def as_stored(v: Any) -> int:
+        v = int(v) % (1 << bits)  # the bit pattern
+        return v - (1 << bits) if signed and v >= 1 << (bits - 1) else v
+
+    lo = as_stored(value)
+    hi = lo if limit is None or limit == "" else as_stored(limit)
+    return (min(lo, hi), max(lo, hi))
 
 
 def dcmread(path: Path, stop_before_pixels: bool = False) -> pydicom.Dataset:
@@ -126,6 +153,7 @@ def _frames_of(path: Path, ds: pydicom.Dataset) -> list[_Frame]:
                     slope=_f(rescale.get("RescaleSlope")) if rescale else None,
                     intercept=_f(rescale.get("RescaleIntercept")) if rescale else None,
                     thickness=_f(measures.get("SliceThickness")),
+                    padding=_padding_range(ds),
                 )
             )
         if len(frames) != n_frames:
@@ -154,6 +182,7 @@ def _frames_of(path: Path, ds: pydicom.Dataset) -> list[_Frame]:
             slope=_f(ds.get("RescaleSlope")),
             intercept=_f(ds.get("RescaleIntercept")),
             thickness=_f(ds.get("SliceThickness")),
+            padding=_padding_range(ds),
         )
     ]
 
@@ -193,7 +222,19 @@ def _rescale(stored: np.ndarray, frame: _Frame, modality: str | None) -> np.ndar
             )
         slope = 1.0 if slope is None else slope
         intercept = 0.0 if intercept is None else intercept
-    return stored.astype(np.float64) * slope + intercept
+    hu = stored.astype(np.float64) * slope + intercept
+    if frame.padding is not None:  # outside the field of view: air, decided before the rescale
+        lo, hi = frame.padding
+        hu[(stored >= lo) & (stored <= hi)] = AIR_HU
+    return hu
+
+
+def _padding_mask(stored: np.ndarray, frame: _Frame) -> np.ndarray:
+    """``(rows, cols)`` bool: True where the stored value is PixelPaddingValue (range)."""
+    if frame.padding is None:
+        return np.zeros(stored.shape, dtype=bool)
+    lo, hi = frame.padding
+    return (stored >= lo) & (stored <= hi)
 
 
 def _list_files(folder: Path) -> list[Path]:
@@ -218,7 +259,7 @@ def _series_of(folder: Path) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
 
 
 def read_dicom(
-    path: Path, series_uid: str | None = None
+    path: Path, series_uid: str | None = None, files: tuple[Path, ...] | None = None
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Read a DICOM series folder or a single (possibly multi-frame) DICOM file.
 
@@ -231,17 +272,25 @@ def read_dicom(
         * Uneven slice steps (a missing slice, two slabs with a gap) raise ``ValueError``
           listing the steps found; tolerance 1 % of the median step.
         * Gantry tilt (the step between slices is not along the normal) is resampled onto
-          an orthogonal grid: each slice is shifted in-plane (linear interpolation, filled
-          with the volume's minimum), the slice spacing becomes the distance between planes,
-          and a `DicomGeometryWarning` reports the angle.
+          an orthogonal grid: each slice is shifted in-plane (bilinear; a voxel whose
+          neighbourhood holds padding or lies outside the stored field is `AIR_HU`), the
+          slice spacing becomes the distance between planes, and a `DicomGeometryWarning`
+          reports the angle.
         * HU: RescaleSlope/RescaleIntercept per frame (functional groups for Enhanced CT);
           missing tags on a CT mean identity, with a warning.
+        * PixelPaddingValue (and PixelPaddingRangeLimit) mark stored values outside the
+          field of view; they are matched before the rescale, in the stored signedness
+          (unsigned 63536 is signed -2000), and become `AIR_HU` (-1024 HU), as GDCM and
+          dcm2niix treat them. ``metadata["padding_voxels"]`` counts them.
         * A single slice gives a one-slice volume whose slice spacing is
           SpacingBetweenSlices, else SliceThickness, else 1 mm.
 
     Args:
-        path: A folder of single-frame files or one DICOM file.
+        path: A folder of single-frame files or one DICOM file; with ``files``, only the
+            name used in error messages.
         series_uid: SeriesInstanceUID to pick in a folder with several series.
+        files: The files of one series (any order, any folders), as grouped by
+            ``tapct_data.expand_inputs``; replaces the folder listing.
 
     Returns:
         ``(array (I, J, K) float64 HU, affine (4, 4) index -> LPS mm, metadata)``;
@@ -251,7 +300,11 @@ def read_dicom(
     Raises:
         ValueError: any rule above, unreadable files, missing decoders.
     """
-    if path.is_dir():
+    if files is not None:
+        if not files:
+            raise ValueError(f"{path}: no DICOM files given for the series")
+        headers = [(f, dcmread(f, stop_before_pixels=True)) for f in sorted(files)]
+    elif path.is_dir():
         series = _series_of(path)
         if not series:
             raise ValueError(f"{path}: no DICOM image files in the folder")
@@ -336,12 +389,16 @@ def _assemble(
         step_vec = slice_vec
 
     stack = np.empty((ref.cols, ref.rows, n), dtype=np.float64)  # (I, J, K)
+    padded = np.zeros((ref.cols, ref.rows, n), dtype=bool)  # (I, J, K) PixelPaddingValue
     cache: dict[Path, np.ndarray] = {}
     for k, fr in enumerate(frames):
         if fr.path not in cache:
             cache = {fr.path: _pixels(dcmread(fr.path), fr.path)}
         stored = cache[fr.path][fr.frame or 0]
         stack[:, :, k] = _rescale(stored, fr, modality).T  # (rows, cols) -> (i=col, j=row)
+        padded[:, :, k] = _padding_mask(stored, fr).T
+    if padded.any():
+        meta["padding_voxels"] = int(padded.sum())
 
     dy, dx = ref.pixel_spacing  # between rows, between columns
     affine = np.eye(4)
@@ -350,7 +407,7 @@ def _assemble(
     affine[:3, 2] = slice_vec
     affine[:3, 3] = positions[0]
     if tilt_deg > _TILT_TOL_DEG:
-        stack = _untilt(stack, step_vec - slice_vec, ref.row_cos * dx, ref.col_cos * dy)
+        stack = _untilt(stack, ~padded, step_vec - slice_vec, ref.row_cos * dx, ref.col_cos * dy)
         meta["gantry_tilt_deg"] = tilt_deg
         meta["resampled"] = "gantry tilt"
         warnings.warn(
@@ -364,34 +421,46 @@ def _assemble(
 
 
 def _untilt(
-    stack: np.ndarray, shear: np.ndarray, col_i: np.ndarray, col_j: np.ndarray
+    stack: np.ndarray,
+    valid: np.ndarray,
+    shear: np.ndarray,
+    col_i: np.ndarray,
+    col_j: np.ndarray,
 ) -> np.ndarray:
     """Shift slice ``k`` in-plane by ``-k * shear`` so the stack becomes orthogonal.
 
+    Padding never blends into tissue: the validity mask (False at PixelPaddingValue voxels)
+    is resampled with the values, and every output voxel whose interpolation touched a
+    padded voxel or fell outside the stored field is set to `AIR_HU`.
+
     Args:
-        stack: ``(I, J, K)`` values.
+        stack: ``(I, J, K)`` values (HU; padded voxels already `AIR_HU`).
+        valid: ``(I, J, K)`` bool, False where the stored value was padding.
         shear: In-plane part of the slice step (mm, LPS).
         col_i, col_j: Affine columns of the ``i`` and ``j`` axes (mm per voxel).
 
     Returns:
-        ``(I, J, K)`` resampled values (linear; outside the field: the stack's minimum).
+        ``(I, J, K)`` float64 resampled values (bilinear inside the valid field).
     """
     n_i, n_j, n_k = stack.shape
     # Shear in voxel units along i and j (the columns are orthogonal).
     si = float(shear @ col_i) / float(col_i @ col_i)
     sj = float(shear @ col_j) / float(col_j @ col_j)
-    fill = float(stack.min())
-    images = torch.from_numpy(stack).permute(2, 1, 0)[:, None].float() - fill  # (K, 1, J, I)
-    k = torch.arange(n_k, dtype=torch.float32)
-    theta = torch.zeros(n_k, 2, 3)
+    values = torch.from_numpy(np.where(valid, stack, AIR_HU)).permute(2, 1, 0)[:, None]
+    weight = torch.from_numpy(valid).permute(2, 1, 0)[:, None].double()  # (K, 1, J, I)
+    k = torch.arange(n_k, dtype=torch.float64)
+    theta = torch.zeros(n_k, 2, 3, dtype=torch.float64)
     theta[:, 0, 0] = 1.0
     theta[:, 1, 1] = 1.0
     # Output voxel (i, j) of slice k sits at stored voxel (i + k*si, j + k*sj).
     theta[:, 0, 2] = 2.0 * k * si / n_i
     theta[:, 1, 2] = 2.0 * k * sj / n_j
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return (out[:, 0].permute(2, 1, 0).double() + fill).numpy()
+    grid = F.affine_grid(theta, list(values.shape), align_corners=False)
+    out = F.grid_sample(values, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # Weight < 1: the 2x2 neighbourhood held padding or lay outside the stored slice.
+    cover = F.grid_sample(weight, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = torch.where(cover > 1.0 - 1e-6, out, torch.full_like(out, AIR_HU))
+    return out[:, 0].permute(2, 1, 0).numpy()
 
 
 def read_dicom_seg(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:

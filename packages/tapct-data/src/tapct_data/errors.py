@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DicomGeometryWarning", "NotCTError", "NotCTWarning"]
+__all__ = ["DicomGeometryWarning", "LabelMapError", "NotCTError", "NotCTWarning"]
 
 
 class NotCTError(ValueError):
@@ -11,6 +11,15 @@ class NotCTError(ValueError):
     Raised by `read_volume` when the DICOM Modality is not ``CT`` or, for files without a
     modality (NIfTI, NRRD, MHA), when the intensities are far from HU. Pass
     ``allow_non_ct=True`` to read anyway (a `NotCTWarning` is issued instead).
+    """
+
+
+class LabelMapError(NotCTError):
+    """The input looks like a label map (segmentation), not an image.
+
+    Raised by `read_volume` when every value is a non-negative integer and there are few
+    distinct values (at most 256): TotalSegmentator's ``segmentations/``, nnU-Net's
+    ``labelsTr/``. A subclass of `NotCTError`, so ``allow_non_ct=True`` reads it anyway.
     """
 
 

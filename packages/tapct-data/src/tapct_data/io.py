@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from ._dicom import read_dicom, read_dicom_seg
 from ._itk import read_itk
 from ._nifti import read_nifti
 from ._orientation import LPS_TO_RAS, canonicalize, spacing_of
-from .errors import NotCTError, NotCTWarning
+from .errors import LabelMapError, NotCTError, NotCTWarning
+from .formats import image_format
 from .volume import Volume
 
 __all__ = ["read_label", "read_volume", "write_volume"]
@@ -24,22 +26,28 @@ __all__ = ["read_label", "read_volume", "write_volume"]
 # so its 1st percentile lies below this value. MR, PET, or CT stored without its rescale
 # offset do not.
 _HU_Q01_MAX = -200.0
-_NIFTI = (".nii", ".nii.gz")
-_ITK = (".nrrd", ".nhdr", ".mha", ".mhd")
+# Label-map rule: non-negative integers with at most this many distinct values.
+_LABEL_MAX_DISTINCT = 256
+# Garbage rule: a CT's voxels lie in about [-2048, 4095] HU (12-bit CT, air padding, metal);
+# an array with more than half its voxels outside cannot be CT (e.g. a corrupt JPEG stream
+# decoded to noise over the whole int16 range).
+_HU_RANGE = (-2048.0, 4095.0)
+_OUTSIDE_MAX_FRACTION = 0.5
+_SAMPLE = 200_000
 
 
 def _kind(path: Path) -> str:
-    name = path.name.lower()
     if path.is_dir():
         return "dicom"
-    if name.endswith(_NIFTI):
-        return "nifti"
-    if name.endswith(_ITK):
-        return "itk"
-    return "dicom"  # .dcm, .ima or no extension (DICOM files often have none)
+    fmt = image_format(path)
+    return "dicom" if fmt is None else fmt.kind  # no extension: DICOM files often have none
 
 
-def _read_raw(path: Path, series_uid: str | None) -> tuple[np.ndarray, np.ndarray, dict]:
+def _read_raw(
+    path: Path, series_uid: str | None, files: tuple[Path, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    if files is not None:
+        return read_dicom(path, files=files)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     kind = _kind(path)
@@ -50,24 +58,64 @@ def _read_raw(path: Path, series_uid: str | None) -> tuple[np.ndarray, np.ndarra
     return read_dicom(path, series_uid=series_uid)
 
 
-def _check_ct(path: Path, array: np.ndarray, meta: dict, allow_non_ct: bool) -> None:
+def _sample(array: np.ndarray) -> np.ndarray:
+    flat = array.reshape(-1)
+    return flat[:: max(1, flat.size // _SAMPLE)]
+
+
+def _label_map_problem(array: np.ndarray, sample: np.ndarray) -> str | None:
+    """``"looks like a label map (N distinct integer values)"`` or None."""
+    if sample.size == 0 or float(sample.min()) < 0 or not np.all(sample == np.round(sample)):
+        return None
+    if np.unique(sample).size > _LABEL_MAX_DISTINCT:
+        return None
+    # The sample says "label map": confirm on every voxel.
+    if float(array.min()) < 0 or not np.all(array == np.round(array)):
+        return None
+    distinct = np.unique(array).size
+    if distinct > _LABEL_MAX_DISTINCT:
+        return None
+    return f"looks like a label map ({distinct} distinct integer values), not a CT image"
+
+
+def _check_ct(path: object, array: np.ndarray, meta: dict, allow_non_ct: bool) -> None:
+    """Refuse what cannot be CT, in this order (the first reason wins).
+
+    1. A Modality other than CT (DICOM): `NotCTError`.
+    2. A label map (non-negative integers, at most 256 distinct values): `LabelMapError`.
+    3. No modality and a 1st percentile not below -200 HU (no air, fat or lung): `NotCTError`.
+    4. Accepted as CT but more than half the voxels outside [-2048, 4095] HU: ``ValueError``
+       (garbage pixels; ``allow_non_ct`` does not lift this one).
+    """
     modality = meta.get("modality")
-    if modality:
-        problem = None if modality == "CT" else f"Modality is {modality!r}, not 'CT'"
-    else:
-        flat = array.reshape(-1)
-        sample = flat[:: max(1, flat.size // 200_000)]
-        q01 = float(np.quantile(sample, 0.01))
-        problem = (
-            None
-            if q01 < _HU_Q01_MAX
-            else f"values look far from HU (1st percentile {q01:.1f} >= {_HU_Q01_MAX}: no air, "
-            "fat or lung)"
-        )
+    sample = _sample(array)
+    error: type[NotCTError] = NotCTError
+    problem: str | None = None
+    if modality and modality != "CT":
+        problem = f"Modality is {modality!r}, not 'CT'"
     if problem is None:
+        problem = _label_map_problem(array, sample)
+        if problem is not None:
+            error = LabelMapError
+    if problem is None and not modality:
+        q01 = float(np.quantile(sample, 0.01))
+        if q01 >= _HU_Q01_MAX:
+            problem = (
+                f"values look far from HU (1st percentile {q01:.1f} >= {_HU_Q01_MAX}: no air, "
+                "fat or lung)"
+            )
+    if problem is None:
+        lo, hi = _HU_RANGE
+        outside = float(np.mean((sample < lo) | (sample > hi)))
+        if outside > _OUTSIDE_MAX_FRACTION:
+            raise ValueError(
+                f"{path}: pixel values cannot be CT ({outside:.0%} of voxels outside "
+                f"[{lo:.0f}, {hi:.0f}] HU after the rescale; corrupt or wrongly decoded pixel "
+                "data?)"
+            )
         return
     if not allow_non_ct:
-        raise NotCTError(f"{path}: {problem}; pass allow_non_ct=True to read it anyway")
+        raise error(f"{path}: {problem}")
     warnings.warn(f"{path}: {problem}; read anyway (allow_non_ct=True)", NotCTWarning, stacklevel=3)
     meta["non_ct"] = problem
 
@@ -77,6 +125,7 @@ def read_volume(
     *,
     series_uid: str | None = None,
     allow_non_ct: bool = False,
+    files: Sequence[str | PathLike[str]] | None = None,
 ) -> Volume:
     """Read a CT scan in the canonical orientation (LPS, axial axis first) as HU float32.
 
@@ -88,14 +137,20 @@ def read_volume(
     ``tapct_data._dicom.read_dicom`` for every DICOM rule: several series, uneven or
     duplicate positions, gantry tilt, missing rescale tags).
 
-    Non-CT rule: a DICOM whose Modality is not ``CT``, or a file without a modality whose
-    1st intensity percentile is not below -200 (no air, fat or lung: not HU), raises
-    `NotCTError`; with ``allow_non_ct=True`` it is read and a `NotCTWarning` issued.
+    Non-CT rules, the first that applies wins: a DICOM whose Modality is not ``CT``
+    raises `NotCTError`; a volume of non-negative integers with at most 256 distinct
+    values raises `LabelMapError` ("looks like a label map (N distinct integer values)");
+    a file without a modality whose 1st intensity percentile is not below -200 (no air,
+    fat or lung: not HU) raises `NotCTError`. With ``allow_non_ct=True`` these are read
+    and a `NotCTWarning` issued. An array accepted as CT with more than half its voxels
+    outside [-2048, 4095] HU (decoder noise) is a ``ValueError`` in every case.
 
     Args:
-        path: File or DICOM folder.
+        path: File or DICOM folder; with ``files``, the name used in messages.
         series_uid: SeriesInstanceUID to pick in a folder holding several series.
         allow_non_ct: Read non-CT inputs anyway (with a warning) instead of raising.
+        files: The files of one DICOM series (from ``expand_inputs``), read instead of
+            listing ``path``.
 
     Returns:
         `Volume` with ``data (1, D, H, W)`` float32 HU, ``spacing (sd, sh, sw)`` mm,
@@ -104,12 +159,14 @@ def read_volume(
 
     Raises:
         FileNotFoundError: the path does not exist.
-        NotCTError: non-CT input without ``allow_non_ct``.
+        NotCTError: non-CT input without ``allow_non_ct`` (`LabelMapError` for a label map).
         ValueError: corrupt/truncated files, 2D images, 4D or RGB files, several series,
-            duplicate positions, uneven slice steps; the message names the file and problem.
+            duplicate positions, uneven slice steps, pixel values that cannot be CT; the
+            message names the file and problem.
     """
     path = Path(path)
-    array, affine, meta = _read_raw(path, series_uid)
+    file_list = None if files is None else tuple(Path(f) for f in files)
+    array, affine, meta = _read_raw(path, series_uid, file_list)
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{path}: contains NaN or infinite values")
     _check_ct(path, array, meta, allow_non_ct)
@@ -224,7 +281,8 @@ def write_volume(volume: Volume, path: str | PathLike[str]) -> Path:
         ValueError: the path does not end in ``.nii``/``.nii.gz``.
     """
     path = Path(path)
-    if not path.name.lower().endswith(_NIFTI):
+    fmt = image_format(path)
+    if fmt is None or fmt.kind != "nifti":
         raise ValueError(f"{path}: write_volume writes NIfTI; use a .nii or .nii.gz name")
     data = volume.data.detach().cpu()
     array = data.permute(3, 2, 1, 0).numpy()  # (W, H, D, C)
