@@ -8,7 +8,25 @@ from . import phantom
 from .collate import collate_crops, collate_data_and_cast
 from .crops import CropParams, RandomResizedCrop3d, resized_crop3d
 from .dataset import PretrainSlabDataset
-from .errors import DicomGeometryWarning, NotCTError, NotCTWarning
+from .errors import DicomGeometryWarning, LabelMapError, NotCTError, NotCTWarning
+from .formats import (
+    AIR_HU,
+    FORMATS,
+    ImageFormat,
+    image_suffix,
+    is_zarr_store,
+    strip_image_suffix,
+)
+from .inputs import (
+    InputListing,
+    ScanSource,
+    Skipped,
+    expand_inputs,
+    format_listing,
+    read_scan,
+    scan_name,
+    write_listing,
+)
 from .intensity import (
     BlurParams,
     GammaParams,
@@ -26,12 +44,17 @@ from .store import ZarrVolumeStore, build_zarr_store
 from .volume import Volume
 
 __all__ = [
+    "AIR_HU",
+    "FORMATS",
     "BlurParams",
     "ClipNormalize",
     "CropParams",
     "DicomGeometryWarning",
     "ForegroundStats",
     "GammaParams",
+    "ImageFormat",
+    "InputListing",
+    "LabelMapError",
     "MaskingGenerator3d",
     "MultiCropAugmentation",
     "MultiCropParams",
@@ -41,6 +64,8 @@ __all__ = [
     "RandomGamma",
     "RandomGaussianBlur",
     "RandomResizedCrop3d",
+    "ScanSource",
+    "Skipped",
     "Volume",
     "ZarrVolumeStore",
     "adjust_gamma",
@@ -48,12 +73,20 @@ __all__ = [
     "collate_crops",
     "collate_data_and_cast",
     "compute_foreground_stats",
+    "expand_inputs",
+    "format_listing",
     "gaussian_blur2d",
+    "image_suffix",
+    "is_zarr_store",
     "phantom",
     "read_label",
+    "read_scan",
     "read_volume",
     "resample_to_spacing",
     "resize_for_eval",
     "resized_crop3d",
+    "scan_name",
+    "strip_image_suffix",
+    "write_listing",
     "write_volume",
 ]

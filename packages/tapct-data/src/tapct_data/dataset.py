@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .formats import AIR_HU
 from .normalize import ClipNormalize
 from .store import ZarrVolumeStore
 
@@ -60,7 +61,7 @@ class PretrainSlabDataset(IterableDataset):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        pad_hu: float = -1024.0,
+        pad_hu: float = AIR_HU,
     ) -> None:
         super().__init__()
         self.store = store if isinstance(store, ZarrVolumeStore) else ZarrVolumeStore(store)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
@@ -13,29 +12,20 @@ import numpy as np
 import torch
 import zarr
 
+from .formats import AIR_HU
+from .inputs import scan_name
 from .volume import Volume
 
-__all__ = ["ZarrVolumeStore", "build_zarr_store", "scan_name"]
+__all__ = ["ZarrVolumeStore", "build_zarr_store"]
 
-_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 FORMAT_VERSION = 1
-
-
-def scan_name(source: str | PathLike[str]) -> str:
-    """Array name for a scan: the file or folder name without its image suffix, sanitised."""
-    name = Path(source).name
-    for suffix in _SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "scan"
 
 
 def _unique_names(sources: Sequence[Path]) -> list[str]:
     seen: dict[str, int] = {}
     names = []
     for src in sources:
-        base = scan_name(src)
+        base = scan_name(Path(src).name)
         count = seen.get(base, 0)
         seen[base] = count + 1
         names.append(base if count == 0 else f"{base}_{count}")
@@ -128,7 +118,7 @@ def build_zarr_store(
             shape=data.shape,
             chunks=tuple(min(c, s) for c, s in zip(chunks, data.shape)),
             dtype="int16",
-            fill_value=-1024,
+            fill_value=int(AIR_HU),
         )
         array[...] = data
         meta = {k: v for k, v in volume.metadata.items() if isinstance(v, str | int | float)}
