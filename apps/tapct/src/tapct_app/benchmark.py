@@ -37,6 +37,7 @@ def benchmark_command(
         UserError: A missing or invalid task file, an unreadable scan or label, a bad
             model or device.
     """
+    from tapct_data import strip_image_suffix
     from tapct_eval import load_task, run_benchmark
 
     from tapct_app.backbone import load_backbone
@@ -49,7 +50,8 @@ def benchmark_command(
     if not seeds:
         raise UserError("--seeds: give at least one seed")
     with user_errors_from(task_file):
-        task = load_task(task_file)  # TaskFileError (a ValueError) names file and key
+        # TaskFileError (a ValueError) names file and key; case ids by the one suffix table.
+        task = load_task(task_file, case_id=lambda p: strip_image_suffix(p.name))
     try:
         dev = resolve_device(device)
     except ValueError as exc:

@@ -397,7 +397,9 @@ def _group_dicom(headers: list[_DicomHeader], walk: _Walk, root_name: str) -> No
     """Series by UID (by folder without one), split by geometry; one scan per group."""
     by_key: dict[tuple[Any, ...], list[_DicomHeader]] = defaultdict(list)
     for h in headers:
-        base = ("uid", h.uid) if h.uid else ("folder", h.entry.rel.parent.as_posix())
+        base: tuple[str, ...] = (
+            ("uid", h.uid) if h.uid else ("folder", h.entry.rel.parent.as_posix())
+        )
         if h.multiframe:
             base = (*base, "file", h.entry.rel.as_posix())
         by_key[(h.entry.arg, base)].append(h)
@@ -420,7 +422,7 @@ def _group_dicom(headers: list[_DicomHeader], walk: _Walk, root_name: str) -> No
             else:
                 folder_name = common.as_posix() if _clean_parts(common) else root_name
                 name = scan_name(folder_name, series_uid=hash_text)
-            path = files[0].parent
+            path = files[0] if len(files) == 1 else files[0].parent
             walk.scans.append(
                 (arg, ScanSource(name, path, "dicom", files=files, series_uid=uid), str(rels[0]))
             )
@@ -540,7 +542,7 @@ def _unique(walk: _Walk, paths_of_args: Mapping[int, str]) -> list[ScanSource]:
             scan.kind,
             str(scan.path.resolve()),
             scan.store_key,
-            scan.files and tuple(str(f.resolve()) for f in scan.files),
+            tuple(str(f.resolve()) for f in scan.files),
         )
         if key in seen:
             continue
@@ -661,7 +663,14 @@ def read_scan(source: ScanSource, *, allow_non_ct: bool = False) -> Volume:
             raise ValueError(f"{source}: not in the store ({exc})") from None
     if source.kind == "dicom" and source.files:
         label = source.path if len(source.files) > 1 else source.files[0]
-        volume = read_volume(label, files=source.files, allow_non_ct=allow_non_ct)
+        try:
+            volume = read_volume(label, files=source.files, allow_non_ct=allow_non_ct)
+        except (ValueError, OSError) as exc:
+            # "<folder>: problem" -> "<folder> (DICOM series <uid>, N files): problem"
+            text, head = str(exc), f"{label}: "
+            if str(source) == str(label) or not text.startswith(head):
+                raise
+            raise type(exc)(f"{source}: {text[len(head) :]}") from exc
     else:
         volume = read_volume(source.path, allow_non_ct=allow_non_ct)
     volume.source = str(source)

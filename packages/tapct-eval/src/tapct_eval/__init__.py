@@ -34,7 +34,7 @@ from .segmentation import (
     predict_segmentation,
     train_segmentation_probe,
 )
-from .task import BenchmarkCase, BenchmarkTask, TaskFileError, load_task
+from .task import BenchmarkCase, BenchmarkTask, TaskFileError, first_dot_stem, load_task
 
 __all__ = [
     "ABMIL",
@@ -58,6 +58,7 @@ __all__ = [
     "dice_per_class",
     "evaluate_segmentation",
     "extract_features",
+    "first_dot_stem",
     "load_image_monai",
     "load_label_monai",
     "load_task",

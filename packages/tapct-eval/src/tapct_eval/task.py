@@ -28,16 +28,14 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 import yaml
 
-__all__ = ["BenchmarkCase", "BenchmarkTask", "TaskFileError", "load_task"]
-
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".npy")
+__all__ = ["BenchmarkCase", "BenchmarkTask", "TaskFileError", "first_dot_stem", "load_task"]
 
 
 class TaskFileError(ValueError):
@@ -114,15 +112,18 @@ def _ints(raw: Any, n: int, path: Path, key: str) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in _IMAGE_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+def first_dot_stem(path: Path) -> str:
+    """The default case id: the file name up to its first dot (``a_0000.nii.gz -> a_0000``).
+
+    tapct_eval knows no table of image formats (that lives in tapct_data, which this
+    package does not import); the ``tapct`` app passes the exact rule as ``case_id``.
+    """
+    return path.name.split(".", 1)[0] or path.name
 
 
-def _seg_cases(raw: Any, base: Path, path: Path, key: str) -> tuple[BenchmarkCase, ...]:
+def _seg_cases(
+    raw: Any, base: Path, path: Path, key: str, _stem: Callable[[Path], str]
+) -> tuple[BenchmarkCase, ...]:
     if isinstance(raw, Mapping):
         if set(raw) != {"images", "labels"}:
             raise _err(
@@ -132,9 +133,19 @@ def _seg_cases(raw: Any, base: Path, path: Path, key: str) -> tuple[BenchmarkCas
         for folder, sub in ((images, "images"), (labels, "labels")):
             if not folder.is_dir():
                 raise _err(path, f"{key}.{sub}", f"folder {folder} does not exist")
-        label_by_stem = {_stem(p): p for p in sorted(labels.iterdir())}
+        label_by_stem: dict[str, Path] = {}
+        for p in sorted(labels.iterdir()):
+            if p.name.startswith("."):
+                continue
+            if _stem(p) in label_by_stem:
+                raise _err(
+                    path,
+                    f"{key}.labels",
+                    f"{label_by_stem[_stem(p)]} and {p} give the same case id {_stem(p)!r}",
+                )
+            label_by_stem[_stem(p)] = p
         cases = []
-        for image in sorted(images.iterdir()):
+        for image in sorted(p for p in images.iterdir() if not p.name.startswith(".")):
             stem = _stem(image)
             if stem not in label_by_stem:
                 raise _err(path, f"{key}.labels", f"no label named like {image.name} in {labels}")
@@ -156,7 +167,14 @@ def _seg_cases(raw: Any, base: Path, path: Path, key: str) -> tuple[BenchmarkCas
     return tuple(cases)
 
 
-def _csv_cases(raw: Any, base: Path, path: Path, targets: list[str], task_type: str):
+def _csv_cases(
+    raw: Any,
+    base: Path,
+    path: Path,
+    targets: list[str],
+    task_type: str,
+    _stem: Callable[[Path], str],
+):
     csv_path = base / str(raw)
     if not csv_path.is_file():
         raise _err(path, "csv", f"file {csv_path} does not exist")
@@ -186,11 +204,13 @@ def _csv_cases(raw: Any, base: Path, path: Path, targets: list[str], task_type: 
     return tuple(split["train"]), tuple(split["test"])
 
 
-def load_task(path: str | Path) -> BenchmarkTask:
+def load_task(path: str | Path, *, case_id: Callable[[Path], str] | None = None) -> BenchmarkTask:
     """Load and validate a task file (YAML ``.yaml``/``.yml`` or JSON ``.json``).
 
     Args:
         path: the task file; relative paths inside it are resolved against its folder.
+        case_id: image/label path -> case id (images and labels are paired by it); default
+            `first_dot_stem`. The ``tapct`` app passes tapct_data's suffix table.
 
     Returns:
         :class:`BenchmarkTask`.
@@ -211,6 +231,7 @@ def load_task(path: str | Path) -> BenchmarkTask:
     if not isinstance(raw, Mapping):
         raise TaskFileError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
     base = path.parent
+    stem = case_id or first_dot_stem
     for key in ("name", "kind", "roi_size", "num_classes"):
         if key not in raw:
             raise _err(path, key, "is required")
@@ -261,8 +282,8 @@ def load_task(path: str | Path) -> BenchmarkTask:
         if names is not None and (not isinstance(names, list) or len(names) != num_classes):
             raise _err(path, "class_names", f"must list {num_classes} names")
         return BenchmarkTask(
-            train=_seg_cases(raw["train"], base, path, "train"),
-            test=_seg_cases(raw["test"], base, path, "test"),
+            train=_seg_cases(raw["train"], base, path, "train", stem),
+            test=_seg_cases(raw["test"], base, path, "test", stem),
             label_map=label_map,
             class_names=None if names is None else tuple(str(n) for n in names),
             **common,
@@ -283,5 +304,5 @@ def load_task(path: str | Path) -> BenchmarkTask:
         raise _err(
             path, "target_columns", f"multilabel needs {num_classes} columns, got {len(targets)}"
         )
-    train, test = _csv_cases(raw["csv"], base, path, [str(t) for t in targets], task_type)
+    train, test = _csv_cases(raw["csv"], base, path, [str(t) for t in targets], task_type, stem)
     return BenchmarkTask(train=train, test=test, task_type=task_type, **common)

@@ -24,7 +24,6 @@ __all__ = [
     "IndexedSlabs",
     "IterationBatchSampler",
     "derive_seed",
-    "is_zarr_store",
     "prepare_store",
     "write_demo_phantoms",
 ]
@@ -41,12 +40,6 @@ def derive_seed(*parts: int | str) -> int:
     """
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-def is_zarr_store(path: str | Path) -> bool:
-    """Return True when ``path`` is a zarr group (v2 or v3 metadata at its root)."""
-    p = Path(path)
-    return p.is_dir() and any((p / name).is_file() for name in ("zarr.json", ".zgroup"))
 
 
 def write_demo_phantoms(folder: Path, count: int, shape: Sequence[int], seed: int) -> list[Path]:
@@ -113,6 +106,8 @@ def prepare_store(
     for p in paths:
         if not p.exists():
             raise UserError(f"{p}: no such file or directory")
+    from tapct_data import is_zarr_store
+
     stores = [p for p in paths if is_zarr_store(p)]
     if stores:
         if len(paths) != 1:

@@ -300,7 +300,7 @@ def _make_loader(
 def _prepare_data(
     config: PretrainConfig, output: Path, dist: DistInfo, console: Any
 ) -> tuple[IndexedSlabs, Path]:
-    from tapct_data import ClipNormalize, PretrainSlabDataset
+    from tapct_data import ClipNormalize, PretrainSlabDataset, is_zarr_store
 
     cache = output / "cache"
     sources: list[str] = list(config.data.sources)
@@ -311,7 +311,7 @@ def _prepare_data(
         barrier()
         sources = [str(p) for p in sorted((cache / "phantoms").glob("phantom-*.nii.gz"))]
     if dist.is_main:
-        if console is not None and not all(Path(s).suffix == ".zarr" for s in sources):
+        if console is not None and not all(is_zarr_store(s) for s in sources):
             console.print(f"[dim]preparing the zarr store cache for {len(sources)} source(s)[/]")
         store = prepare_store(sources, cache)
     barrier()
