@@ -319,7 +319,8 @@ class _DicomHeader:
 
 def _read_header(entry: _Entry, walk: _Walk) -> _DicomHeader | None:
     """One header read; None (and a count or a skip) for what is not a DICOM CT image."""
-    import pydicom
+    from pydicom.filereader import read_partial
+    from pydicom.tag import Tag
 
     announced = (fmt := image_format(entry.path)) is not None and fmt.kind == "dicom"
     if not announced and not _looks_like_dicom(entry.path):
@@ -328,9 +329,13 @@ def _read_header(entry: _Entry, walk: _Walk) -> _DicomHeader | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(
-                str(entry.path), stop_before_pixels=True, force=True, specific_tags=_HEADER_TAGS
-            )
+            with entry.path.open("rb") as handle:  # stop after Columns: no pixel bytes read
+                ds = read_partial(
+                    handle,
+                    stop_when=_past_columns,
+                    force=True,
+                    specific_tags=[Tag(k) for k in _HEADER_TAGS],
+                )
         sop = str(ds.get("SOPClassUID", "") or "")
         has_rows = "Rows" in ds and "Columns" in ds
         if not sop and not has_rows:
@@ -362,6 +367,11 @@ def _read_header(entry: _Entry, walk: _Walk) -> _DicomHeader | None:
         walk.left_out[why] += 1
         return None
     return _DicomHeader(entry, uid, (rows, cols, iop), frames > 1)
+
+
+def _past_columns(tag: Any, vr: Any, length: int) -> bool:
+    """Stop the header parse after (0028,0011) Columns: every tag the walk needs is read."""
+    return int(tag) > 0x00280011
 
 
 def _looks_like_dicom(path: Path) -> bool:
@@ -542,7 +552,9 @@ def _unique(walk: _Walk, paths_of_args: Mapping[int, str]) -> list[ScanSource]:
             scan.kind,
             str(scan.path.resolve()),
             scan.store_key,
-            tuple(str(f.resolve()) for f in scan.files),
+            scan.series_uid,
+            len(scan.files),
+            str(scan.files[0].resolve()) if scan.files else None,  # one resolve per scan
         )
         if key in seen:
             continue
