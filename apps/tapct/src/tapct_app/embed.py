@@ -204,9 +204,10 @@ def _list_sources(inputs: Sequence[Path]) -> list[_Source]:
         UserError: A missing input, or a zarr store with no complete scan (empty, or not
             written by ``tapct preprocess``).
     """
+    from tapct_data import is_zarr_store, scan_name
+
     from tapct_app.errors import user_errors_from
-    from tapct_app.scans import check_inputs_exist, scan_name
-    from tapct_app.train.data import is_zarr_store
+    from tapct_app.scans import check_inputs_exist
 
     check_inputs_exist(inputs)
     seen: dict[str, int] = {}
@@ -229,7 +230,7 @@ def _list_sources(inputs: Sequence[Path]) -> list[_Source]:
                 )
             sources += [_Source(unique(scan_name(n)), str(path), n) for n in names]
         else:
-            sources.append(_Source(unique(scan_name(path)), str(path)))
+            sources.append(_Source(unique(scan_name(Path(path).name)), str(path)))
     return sources
 
 
