@@ -135,7 +135,7 @@ def apply_params_to_subject(
         x = image.data.permute(0, 3, 2, 1)[None]  # (1, C, D, H, W)
         out = transform.apply(x, params)[0].permute(0, 3, 2, 1).contiguous()  # (C, W, H, D)
         affine_dhw = (_RAS_LPS @ image.affine)[:, [2, 1, 0, 3]]
-        new = transform.new_affine(affine_dhw, params, tuple(x.shape[2:]))
+        new = transform.new_affine(affine_dhw, params, spatial_shape(x.shape))
         image.set_data(out)
         image.affine = _RAS_LPS @ new[:, [2, 1, 0, 3]]
     return subject

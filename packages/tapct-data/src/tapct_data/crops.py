@@ -40,9 +40,7 @@ class CropParams:
         return self.boxes * torch.tensor([h, w, h, w], dtype=self.boxes.dtype)
 
 
-def _axis_weights(
-    lo: torch.Tensor, length: torch.Tensor, n_in: int, n_out: int
-) -> torch.Tensor:
+def _axis_weights(lo: torch.Tensor, length: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
     """``(N, n_out, n_in)`` float64 resampling matrices of antialiased linear interpolation.
 
     The rule of ``F.interpolate(mode="bilinear", antialias=True, align_corners=False)``
@@ -171,22 +169,21 @@ class RandomResizedCrop3d(BatchedRandomTransform):
 
     def __init__(
         self,
-        size: tuple[int, int, int] = (12, 224, 224),
-        scale: tuple[float, float] = (0.32, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        size: Sequence[int] = (12, 224, 224),
+        scale: Sequence[float] = (0.32, 1.0),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
         pad_value: float | None = None,
         seed: int | torch.Generator | None = None,
     ) -> None:
         ints = tuple(int(s) for s in size)
         if len(ints) != 3 or min(ints) < 1:
             raise ValueError(f"size must be 3 positive ints (d, h, w), got {ints}")
-        size = (ints[0], ints[1], ints[2])
         if not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
         if not 0 < ratio[0] <= ratio[1]:
             raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
         super().__init__(seed)
-        self.size = size
+        self.size: tuple[int, int, int] = (ints[0], ints[1], ints[2])
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
         self.pad_value = pad_value

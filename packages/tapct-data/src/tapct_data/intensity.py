@@ -57,7 +57,7 @@ class BlurParams:
 
 
 def adjust_gamma(
-    x: torch.Tensor, gamma: torch.Tensor, value_range: tuple[float, float] | None = None
+    x: torch.Tensor, gamma: torch.Tensor, value_range: Sequence[float] | None = None
 ) -> torch.Tensor:
     """Gamma on values of any sign: rescale to [0, 1], power, map back.
 
@@ -83,7 +83,7 @@ def adjust_gamma(
         hi = torch.full((b,), float(value_range[1]), device=x.device, dtype=x.dtype)
     span = hi - lo
     safe = torch.where(span > 0, span, torch.ones_like(span))
-    g = gamma.to(device=x.device, dtype=x.dtype)
+    g = gamma.to(device=x.device, dtype=x.dtype, non_blocking=True)
     shape = (b,) + (1,) * (x.ndim - 1)
     lo, safe, g = lo.view(shape), safe.view(shape), g.view(shape)
     unit = ((x - lo) / safe).clamp(0.0, 1.0)
@@ -165,9 +165,9 @@ class RandomGamma(BatchedRandomTransform):
 
     def __init__(
         self,
-        log_gamma: tuple[float, float] = (-0.3, 0.3),
+        log_gamma: Sequence[float] = (-0.3, 0.3),
         p: float = 0.8,
-        value_range: tuple[float, float] | None = None,
+        value_range: Sequence[float] | None = None,
         seed: int | torch.Generator | None = None,
     ) -> None:
         if not 0.0 <= p <= 1.0:
@@ -179,7 +179,9 @@ class RandomGamma(BatchedRandomTransform):
         super().__init__(seed)
         self.log_gamma = (float(log_gamma[0]), float(log_gamma[1]))
         self.p = float(p)
-        self.value_range = value_range
+        self.value_range = (
+            None if value_range is None else (float(value_range[0]), float(value_range[1]))
+        )
         self.args_names = ["log_gamma", "p", "value_range"]
 
     def sample(
@@ -218,7 +220,7 @@ class RandomGaussianBlur(BatchedRandomTransform):
 
     def __init__(
         self,
-        sigma: tuple[float, float] = (0.1, 2.0),
+        sigma: Sequence[float] = (0.1, 2.0),
         p: float = 0.5,
         seed: int | torch.Generator | None = None,
     ) -> None:

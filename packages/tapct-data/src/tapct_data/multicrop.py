@@ -83,9 +83,7 @@ class MultiCropConfig:
     blur_sigma: tuple[float, ...] = attrs.field(default=(0.1, 2.0), converter=_floats)
     global_blur_p: tuple[float, ...] = attrs.field(default=(1.0, 0.1), converter=_floats)
     local_blur_p: float = attrs.field(default=0.5, converter=float)
-    pad_value: float | None = attrs.field(
-        default=None, converter=attrs.converters.optional(float)
-    )
+    pad_value: float | None = attrs.field(default=None, converter=attrs.converters.optional(float))
 
     def __attrs_post_init__(self) -> None:
         for name in ("global_crops_size", "local_crops_size"):
@@ -216,7 +214,9 @@ class MultiCropAugmentation:
         self.local_crop = RandomResizedCrop3d(
             cfg.local_crops_size, cfg.local_crops_scale, cfg.ratio, cfg.pad_value
         )
-        self.global_views = tuple(self.view_pipeline(self.global_crop, p) for p in cfg.global_blur_p)
+        self.global_views = tuple(
+            self.view_pipeline(self.global_crop, p) for p in cfg.global_blur_p
+        )
         self.local_views = tuple(
             self.view_pipeline(self.local_crop, cfg.local_blur_p)
             for _ in range(cfg.local_crops_number)
