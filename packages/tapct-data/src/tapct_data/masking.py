@@ -40,9 +40,7 @@ class MaskingConfig:
         default=None, converter=attrs.converters.optional(int)
     )
     min_aspect: float = attrs.field(default=0.3, converter=float)
-    max_aspect: float | None = attrs.field(
-        default=None, converter=attrs.converters.optional(float)
-    )
+    max_aspect: float | None = attrs.field(default=None, converter=attrs.converters.optional(float))
 
     def __attrs_post_init__(self) -> None:
         if not 0.0 <= self.mask_probability <= 1.0:
