@@ -36,7 +36,7 @@ def test_depth_block_is_consecutive_slices_never_mixed():
     x = torch.arange(d, dtype=torch.float32).view(1, 1, d, 1, 1).expand(4, 1, d, h, w).clone()
     crop = RandomResizedCrop3d((6, 24, 24), scale=(0.1, 1.0))
     g = _gen(1)
-    params = crop.sample(tuple(x.shape), g)
+    params = crop.sample(4, x.shape[2:], g)
     out = crop.apply(x, params)
     for i in range(4):
         start = int(params.start[i])
@@ -50,7 +50,7 @@ def test_depth_block_is_consecutive_slices_never_mixed():
 def test_shallow_input_is_padded_by_documented_rule():
     x = torch.arange(3, dtype=torch.float32).view(1, 1, 3, 1, 1).expand(2, 1, 3, 8, 8) + 10.0
     crop = RandomResizedCrop3d((6, 8, 8), scale=(1.0, 1.0), ratio=(1.0, 1.0))
-    params = crop.sample(tuple(x.shape), _gen(0))
+    params = crop.sample(2, x.shape[2:], _gen(0))
     out = crop.apply(x, params)
     for i in range(2):
         start = int(params.start[i])
@@ -71,17 +71,19 @@ def test_identity_box_returns_the_input():
 
 def test_area_and_aspect_follow_requested_ranges():
     crop = RandomResizedCrop3d((2, 8, 8), scale=(0.05, 0.32), ratio=(3 / 4, 4 / 3))
-    params = crop.sample((4000, 1, 4, 200, 200), _gen(3))
-    area = (params.height * params.width).double() / (200 * 200)
-    ratio = params.width.double() / params.height.double()
+    params = crop.sample(4000, (4, 200, 200), _gen(3))
+    top, left, height, width = params.voxel_boxes((200, 200)).round().long().unbind(1)
+    assert torch.allclose(params.voxel_boxes((200, 200)), params.voxel_boxes((200, 200)).round())
+    area = (height * width).double() / (200 * 200)
+    ratio = width.double() / height.double()
     # Rounding to whole voxels blurs the bounds by a voxel.
     assert area.min() >= 0.05 - 0.01 and area.max() <= 0.32 + 0.01
     assert ratio.min() >= 0.75 - 0.05 and ratio.max() <= 4 / 3 + 0.05
     # Area uniform on [0.05, 0.32]: mean 0.185; log-ratio symmetric: mean ~0.
     assert abs(float(area.mean()) - 0.185) < 0.01
     assert abs(float(ratio.log().mean())) < 0.02
-    assert (params.top + params.height <= 200).all() and (params.left + params.width <= 200).all()
-    assert params.top.min() == 0 and (params.top + params.height).max() == 200
+    assert (top + height <= 200).all() and (left + width <= 200).all()
+    assert top.min() == 0 and (top + height).max() == 200
 
 
 def test_same_seed_same_crops_and_generator_matters():
@@ -108,7 +110,7 @@ def _subject(x: torch.Tensor) -> tio.Subject:
 )
 def test_torchio_path_equals_batched_path(transform):
     x = torch.randn(1, 6, 20, 24) * 300
-    params = transform.sample((1, *x.shape), _gen(2))
+    params = transform.sample(1, x.shape[1:], _gen(2))
     batched = transform.apply(x[None], params)[0]
     transform._generator = _gen(2)  # the TorchIO path draws from its own generator
     subject = transform(_subject(x))
@@ -156,48 +158,55 @@ def test_blur_matches_an_independent_gaussian_and_sigma_zero_is_identity():
 
 def test_blur_probabilities_are_not_inverted():
     x = (2, 1, 1, 4, 4)
-    always = RandomGaussianBlur(p=1.0).sample((1000, *x[1:]), _gen(0)).sigma
-    rarely = RandomGaussianBlur(p=0.1).sample((1000, *x[1:]), _gen(0)).sigma
+    always = RandomGaussianBlur(p=1.0).sample(1000, x[2:], _gen(0)).effective()
+    rarely = RandomGaussianBlur(p=0.1).sample(1000, x[2:], _gen(0)).effective()
     assert (always > 0).all()
     assert 0.05 < float((rarely > 0).double().mean()) < 0.15
 
 
 def test_multicrop_shapes_devices_and_blur_policy():
-    aug = MultiCropAugmentation((4, 32, 32), (4, 16, 16), local_crops_number=3)
+    aug = MultiCropAugmentation(
+        global_crops_size=(4, 32, 32), local_crops_size=(4, 16, 16), local_crops_number=3
+    )
     x = torch.randn(2, 1, 10, 48, 40)
     out = aug(x, generator=_gen(0))
-    assert [t.shape for t in out["global_crops"]] == [(2, 1, 4, 32, 32)] * 2
-    assert [t.shape for t in out["local_crops"]] == [(2, 1, 4, 16, 16)] * 3
-    params = aug.sample((500, 1, 10, 48, 40), _gen(1))
-    assert (params.global_crops[0][2].sigma > 0).all()
-    assert float((params.global_crops[1][2].sigma > 0).double().mean()) < 0.2
-    assert 0.4 < float((params.local_crops[0][2].sigma > 0).double().mean()) < 0.6
+    assert out.global_crops.shape == (2 * 2, 1, 4, 32, 32)
+    assert out.local_crops.shape == (3 * 2, 1, 4, 16, 16)
+    assert out.global_crops.dtype == torch.float32
+    b = 500
+    params = aug.sample(b, (10, 48, 40), _gen(1))
+    blurred = params.global_crops[2].applied.double()  # (2B,) crop-major
+    assert blurred[:b].mean() == 1.0  # global crop 0: always blurred
+    assert blurred[b:].mean() < 0.2  # global crop 1: p = 0.1
+    assert 0.4 < float(params.local_crops[2].applied.double().mean()) < 0.6
     subject = _subject(x[0])
     single = aug(subject)
-    assert [t.shape for t in single["global_crops"]] == [(1, 4, 32, 32)] * 2
+    assert single.global_crops.shape == (2, 1, 4, 32, 32)
 
 
 def test_multicrop_subject_equals_batched_for_same_params():
-    aug = MultiCropAugmentation((4, 16, 16), (4, 8, 8), local_crops_number=2)
+    aug = MultiCropAugmentation(
+        global_crops_size=(4, 16, 16), local_crops_size=(4, 8, 8), local_crops_number=2
+    )
     x = torch.randn(1, 8, 20, 20)
-    params = aug.sample((1, *x.shape), _gen(4))
+    params = aug.sample(1, x.shape[1:], _gen(4))
     batched = aug.apply(x[None], params)
     single = aug(_subject(x), generator=_gen(4))
-    for key in ("global_crops", "local_crops"):
-        for a, b in zip(batched[key], single[key]):
-            assert torch.allclose(a[0], b, atol=1e-5)
+    for a, b in zip(batched, single, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 @pytest.mark.gpu
 def test_cuda_batched_path_matches_cpu():
-    aug = MultiCropAugmentation((4, 32, 32), (4, 16, 16), local_crops_number=2)
+    aug = MultiCropAugmentation(
+        global_crops_size=(4, 32, 32), local_crops_size=(4, 16, 16), local_crops_number=2
+    )
     x = torch.randn(2, 1, 8, 48, 48)
-    params = aug.sample(tuple(x.shape), _gen(0))
+    params = aug.sample(2, x.shape[2:], _gen(0))
     cpu = aug.apply(x, params)
-    gpu = aug.apply(x.cuda(), params)
-    for key in cpu:
-        for a, b in zip(cpu[key], gpu[key]):
-            assert b.is_cuda and torch.allclose(a, b.cpu(), atol=1e-4)
+    gpu = aug.apply(x.cuda(), params.to("cuda"))
+    for a, b in zip(cpu, gpu, strict=True):
+        assert b.is_cuda and torch.allclose(a, b.cpu(), atol=1e-4)
 
 
 def test_validation_errors_name_the_value():
@@ -207,4 +216,4 @@ def test_validation_errors_name_the_value():
         RandomGamma(p=1.5)
     with pytest.raises(ValueError, match=r"\(B, C, D, H, W\)"):
         RandomGamma()(torch.zeros(1, 4, 4, 4))
-    assert math.isfinite(RandomGamma().sample((3, 1, 1, 1, 1)).gamma.sum().item())
+    assert math.isfinite(RandomGamma().sample(3).gamma.sum().item())

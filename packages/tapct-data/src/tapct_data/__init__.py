@@ -2,12 +2,26 @@
 
 Knows no model. Conventions (DESIGN.md section 3): volumes ``(C, D, H, W)`` in the
 canonical LPS orientation with the axial axis first, HU float32, spacing ``(sd, sh, sw)`` mm.
+
+The tensor path (crops, intensity, multi-crop, masks, collate) imports with torch alone;
+the readers, the store and the dataset (nibabel, SimpleITK, pydicom, zarr, torchio) are
+imported on first use of their names (module ``__getattr__``, PEP 562).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from . import phantom
-from .collate import collate_crops, collate_data_and_cast
+from .collate import (
+    CropBatch,
+    SlabBatch,
+    collate_crops,
+    collate_data_and_cast,
+    collate_slabs,
+)
 from .crops import CropParams, RandomResizedCrop3d, resized_crop3d
-from .dataset import PretrainSlabDataset
 from .errors import DicomGeometryWarning, LabelMapError, NotCTError, NotCTWarning
 from .formats import (
     AIR_HU,
@@ -35,19 +49,50 @@ from .intensity import (
     adjust_gamma,
     gaussian_blur2d,
 )
-from .io import read_label, read_volume, write_volume
-from .masking import MaskingGenerator3d
-from .multicrop import MultiCropAugmentation, MultiCropParams
-from .normalize import ClipNormalize, ForegroundStats, compute_foreground_stats
+from .masking import MaskingConfig, MaskingGenerator3d, sample_batch_masks
+from .multicrop import MultiCropAugmentation, MultiCropConfig, MultiCropParams, MultiCrops
 from .resize import resample_to_spacing, resize_for_eval
-from .store import ZarrVolumeStore, build_zarr_store
 from .volume import Volume
+
+if TYPE_CHECKING:
+    from .dataset import PretrainSlabDataset
+    from .io import read_label, read_volume, write_volume
+    from .normalize import ClipNormalize, ForegroundStats, compute_foreground_stats
+    from .store import ZarrVolumeStore, build_zarr_store
+
+# Names whose modules need the heavy readers: imported on first access.
+_LAZY = {
+    "PretrainSlabDataset": "dataset",
+    "read_label": "io",
+    "read_volume": "io",
+    "write_volume": "io",
+    "ClipNormalize": "normalize",
+    "ForegroundStats": "normalize",
+    "compute_foreground_stats": "normalize",
+    "ZarrVolumeStore": "store",
+    "build_zarr_store": "store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "AIR_HU",
     "FORMATS",
     "BlurParams",
     "ClipNormalize",
+    "CropBatch",
     "CropParams",
     "DicomGeometryWarning",
     "ForegroundStats",
@@ -55,9 +100,12 @@ __all__ = [
     "ImageFormat",
     "InputListing",
     "LabelMapError",
+    "MaskingConfig",
     "MaskingGenerator3d",
     "MultiCropAugmentation",
+    "MultiCropConfig",
     "MultiCropParams",
+    "MultiCrops",
     "NotCTError",
     "NotCTWarning",
     "PretrainSlabDataset",
@@ -66,12 +114,14 @@ __all__ = [
     "RandomResizedCrop3d",
     "ScanSource",
     "Skipped",
+    "SlabBatch",
     "Volume",
     "ZarrVolumeStore",
     "adjust_gamma",
     "build_zarr_store",
     "collate_crops",
     "collate_data_and_cast",
+    "collate_slabs",
     "compute_foreground_stats",
     "expand_inputs",
     "format_listing",
@@ -85,6 +135,7 @@ __all__ = [
     "resample_to_spacing",
     "resize_for_eval",
     "resized_crop3d",
+    "sample_batch_masks",
     "scan_name",
     "strip_image_suffix",
     "write_listing",

@@ -1,118 +1,166 @@
-"""Collate multi-crop outputs and iBOT masks into a DINOv2 training batch."""
+"""Collate multi-crops (or slabs plus their crop parameters) and iBOT masks into a batch."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-import numpy as np
+import attrs
 import torch
 
-from .masking import MaskingGenerator3d
+from .masking import MaskingConfig, MaskingGenerator3d, sample_batch_masks
+from .multicrop import MultiCropAugmentation, MultiCropParams, MultiCrops
 
-__all__ = ["collate_crops", "collate_data_and_cast"]
+__all__ = ["CropBatch", "SlabBatch", "collate_crops", "collate_data_and_cast", "collate_slabs"]
 
 
-def collate_crops(samples: Sequence[Mapping[str, Sequence[torch.Tensor]]]) -> dict[str, list]:
-    """Stack per-sample crop dicts (TorchIO path) into the batched layout.
+@attrs.frozen
+class CropBatch:
+    """A DINOv2 training batch of crops and iBOT masks (replaces the string-keyed dict).
+
+    The objective takes these fields as explicit tensors; iBOT indices and weights come
+    from ``tapct_ssl.ibot_mask_indices(masks)`` (one function computes them).
+
+    Attributes:
+        global_crops: ``(2 B, C, d, Hg, Wg)`` float, crop-major.
+        local_crops: ``(n_local B, C, d, hl, wl)`` float, crop-major.
+        masks: ``(2 B, N)`` bool, one row per global crop (``N`` tokens of its patch grid).
+    """
+
+    global_crops: torch.Tensor
+    local_crops: torch.Tensor
+    masks: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> CropBatch:
+        """All tensors on ``device``."""
+        return CropBatch(*(t.to(device, non_blocking=non_blocking) for t in attrs.astuple(self)))
+
+    def pin_memory(self) -> CropBatch:
+        """Pinned copy (DataLoader ``pin_memory=True`` calls this on custom batch types)."""
+        return CropBatch(*(t.pin_memory() for t in attrs.astuple(self)))
+
+
+@attrs.frozen
+class SlabBatch:
+    """Slabs with their crop parameters and masks, drawn in a DataLoader worker.
+
+    The crops are made later on the device: ``batch = batch.to(device, non_blocking=True)``,
+    then ``augmentation.apply(batch.slabs, batch.params)`` (no host sync).
+
+    Attributes:
+        slabs: ``(B, C, S, H0, W0)`` as the dataset gives them (e.g. int16 or float32).
+        params: `MultiCropParams` drawn for these slabs.
+        masks: ``(2 B, N)`` bool iBOT masks of the global crops.
+    """
+
+    slabs: torch.Tensor
+    params: MultiCropParams
+    masks: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> SlabBatch:
+        """All tensors on ``device``."""
+        return SlabBatch(
+            slabs=self.slabs.to(device, non_blocking=non_blocking),
+            params=self.params.to(device, non_blocking=non_blocking),
+            masks=self.masks.to(device, non_blocking=non_blocking),
+        )
+
+    def pin_memory(self) -> SlabBatch:
+        """Pinned copy (DataLoader ``pin_memory=True`` calls this on custom batch types)."""
+        return SlabBatch(self.slabs.pin_memory(), self.params.pin_memory(), self.masks.pin_memory())
+
+
+def collate_crops(samples: Sequence[MultiCrops]) -> MultiCrops:
+    """Stack per-sample crops (TorchIO path, ``B = 1`` each) into the batched layout.
 
     Args:
-        samples: ``B`` dicts ``{"global_crops": [(C, d, h, w)...], "local_crops": [...]}``.
+        samples: ``B`` `MultiCrops`, each ``(V, C, d, h, w)`` per set (rows are views).
 
     Returns:
-        ``{"global_crops": [(B, C, d, h, w)...], "local_crops": [...]}``.
+        `MultiCrops` with ``(V B, C, d, h, w)`` per set, crop-major.
+
+    Raises:
+        ValueError: no samples.
     """
     if not samples:
         raise ValueError("no samples to collate")
-    return {
-        key: [torch.stack([s[key][i] for s in samples]) for i in range(len(samples[0][key]))]
-        for key in ("global_crops", "local_crops")
-    }
+
+    def crop_major(tensors: list[torch.Tensor]) -> torch.Tensor:
+        stacked = torch.stack(tensors, dim=1)  # (V, B, C, d, h, w)
+        return stacked.flatten(0, 1)
+
+    return MultiCrops(
+        global_crops=crop_major([s.global_crops for s in samples]),
+        local_crops=crop_major([s.local_crops for s in samples]),
+    )
 
 
 def collate_data_and_cast(
-    crops: Mapping[str, Sequence[torch.Tensor]] | Sequence[Mapping[str, Any]],
+    crops: MultiCrops | Sequence[MultiCrops],
     *,
     mask_generator: MaskingGenerator3d,
-    mask_ratio_tuple: tuple[float, float] = (0.1, 0.5),
-    mask_probability: float = 0.5,
+    masking: MaskingConfig | None = None,
     dtype: torch.dtype = torch.float32,
     generator: torch.Generator | None = None,
-) -> dict[str, Any]:
+) -> CropBatch:
     """DINOv2's ``collate_data_and_cast`` (``dinov2/data/collate.py``) for 3D crops.
 
-    Crops are concatenated crop-major (all samples' crop 0, then crop 1, ...). Of the
-    ``2B`` global crops, ``int(2B * mask_probability)`` get a mask whose ratio is drawn
-    uniformly in a stratified bin of ``mask_ratio_tuple`` (bin ``i`` of ``linspace``); the
-    rest get none; the masks are shuffled over the ``2B`` crops.
+    Masks follow `sample_batch_masks` (``int(2B * mask_probability)`` masked crops,
+    stratified ratios, shuffled), drawn on the CPU.
 
     Args:
-        crops: `MultiCropAugmentation` output (batched dict) or a list of per-sample dicts.
+        crops: `MultiCropAugmentation` output (batched) or a list of per-sample outputs.
         mask_generator: Generator on the global crops' patch grid (``N = t*h*w``).
-        mask_ratio_tuple: ``(min, max)`` fraction of masked patches.
-        mask_probability: Fraction of global crops that get a mask.
+        masking: Mask probability and ratio (default `MaskingConfig()`).
         dtype: dtype of the collated crops.
         generator: Randomness of ratios, masks and shuffle (global RNG when None).
 
     Returns:
-        dict with ``collated_global_crops (2B, C, d, H, W)``, ``collated_local_crops
-        (nB, C, d, h, w)``, ``collated_masks (2B, N) bool``, ``mask_indices_list (M,) long``
-        (flat indices into ``2B * N``), ``masks_weight (M,) float`` (``1 / masked patches of
-        its crop``), ``n_masked_patches (1,) long`` and ``upperbound int`` (sum of
-        ``int(N * max ratio of each bin)``). Masks live on the crops' device.
+        `CropBatch`; the masks are CPU tensors (move the batch with `CropBatch.to`).
 
     Raises:
-        ValueError: bad ratios/probability or missing crops.
+        ValueError: no samples.
     """
-    if not 0.0 <= mask_probability <= 1.0:
-        raise ValueError(f"mask_probability must be in [0, 1], got {mask_probability}")
-    lo, hi = mask_ratio_tuple
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise ValueError(
-            f"mask_ratio_tuple must satisfy 0 <= min <= max <= 1, got {mask_ratio_tuple}"
-        )
-    if not isinstance(crops, Mapping):
+    if not isinstance(crops, MultiCrops):
         crops = collate_crops(list(crops))
-    if not crops["global_crops"]:
-        raise ValueError("no global crops")
-    global_crops = torch.cat(list(crops["global_crops"]), dim=0).to(dtype)
-    local = list(crops["local_crops"])
-    local_crops = (
-        torch.cat(local, dim=0).to(dtype)
-        if local
-        else global_crops.new_empty((0, *global_crops.shape[1:]))
+    masks = sample_batch_masks(crops.global_crops.shape[0], mask_generator, masking, generator)
+    return CropBatch(
+        global_crops=crops.global_crops.to(dtype),
+        local_crops=crops.local_crops.to(dtype),
+        masks=masks,
     )
-    n_crops = global_crops.shape[0]
-    n_tokens = mask_generator.num_patches
-    n_masked = int(n_crops * mask_probability)
-    probs = np.linspace(lo, hi, n_masked + 1)
-    device = generator.device if generator is not None else torch.device("cpu")
-    upperbound = 0
-    masks = []
-    for i in range(n_masked):
-        u = float(torch.rand((), generator=generator, device=device))
-        ratio = probs[i] + (probs[i + 1] - probs[i]) * u
-        masks.append(torch.from_numpy(mask_generator(int(n_tokens * ratio), generator=generator)))
-        upperbound += int(n_tokens * probs[i + 1])
-    for _ in range(n_masked, n_crops):
-        masks.append(torch.zeros(mask_generator.get_shape(), dtype=torch.bool))
-    order = torch.randperm(n_crops, generator=generator, device=device).cpu()
-    collated_masks = torch.stack([masks[i] for i in order.tolist()]).flatten(1)  # (2B, N)
-    collated_masks = collated_masks.to(global_crops.device)
-    mask_indices_list = collated_masks.flatten().nonzero().flatten()
-    masks_weight = (
-        (1 / collated_masks.sum(-1).clamp(min=1.0))
-        .unsqueeze(-1)
-        .expand_as(collated_masks)[collated_masks]
-    ).float()
-    return {
-        "collated_global_crops": global_crops,
-        "collated_local_crops": local_crops,
-        "collated_masks": collated_masks,
-        "mask_indices_list": mask_indices_list,
-        "masks_weight": masks_weight,
-        "n_masked_patches": torch.tensor(
-            [mask_indices_list.shape[0]], dtype=torch.long, device=global_crops.device
-        ),
-        "upperbound": upperbound,
-    }
+
+
+def collate_slabs(
+    slabs: torch.Tensor | Sequence[torch.Tensor],
+    augmentation: MultiCropAugmentation,
+    mask_generator: MaskingGenerator3d,
+    *,
+    masking: MaskingConfig | None = None,
+    crops_generator: torch.Generator | None = None,
+    masks_generator: torch.Generator | None = None,
+) -> SlabBatch:
+    """Worker-side collate: stack slabs, draw crop parameters and masks on the CPU.
+
+    Args:
+        slabs: ``(B, C, S, H0, W0)`` tensor or ``B`` tensors ``(C, S, H0, W0)``.
+        augmentation: Draws the crop parameters (`MultiCropAugmentation.sample`).
+        mask_generator: Generator on the global crops' patch grid.
+        masking: Mask probability and ratio (default `MaskingConfig()`).
+        crops_generator: CPU generator of the crop parameters.
+        masks_generator: CPU generator of the masks (separate stream, so changing the
+            crop pipeline does not change the masks).
+
+    Returns:
+        `SlabBatch` of CPU tensors.
+
+    Raises:
+        ValueError: slabs not ``(B, C, S, H0, W0)``.
+    """
+    batch = slabs if isinstance(slabs, torch.Tensor) else torch.stack(list(slabs))
+    if batch.ndim != 5:
+        raise ValueError(f"expected slabs (B, C, S, H0, W0), got shape {tuple(batch.shape)}")
+    b = batch.shape[0]
+    params = augmentation.sample(b, batch.shape[2:], crops_generator)
+    n_global = augmentation.config.n_global * b
+    masks = sample_batch_masks(n_global, mask_generator, masking, masks_generator)
+    return SlabBatch(slabs=batch, params=params, masks=masks)

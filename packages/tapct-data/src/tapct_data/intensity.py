@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import attrs
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from ._random import uniform
 from ._transform import BatchedRandomTransform
@@ -24,20 +24,40 @@ __all__ = [
 
 @attrs.frozen
 class GammaParams:
-    """Per-sample gamma exponents ``(B,)`` float64 (1.0 where the transform is skipped)."""
+    """Per-sample gamma, CPU tensors with one row per crop.
+
+    Attributes:
+        gamma: ``(B,)`` float64 drawn exponents.
+        applied: ``(B,)`` bool, whether the gamma is applied (probability ``p``).
+    """
 
     gamma: torch.Tensor
+    applied: torch.Tensor
+
+    def effective(self) -> torch.Tensor:
+        """``(B,)`` exponents with 1.0 (identity) where not applied."""
+        return torch.where(self.applied, self.gamma, torch.ones_like(self.gamma))
 
 
 @attrs.frozen
 class BlurParams:
-    """Per-sample blur sigmas in voxels ``(B,)`` float64 (0.0 where skipped)."""
+    """Per-sample in-plane Gaussian blur, CPU tensors with one row per crop.
+
+    Attributes:
+        sigma: ``(B,)`` float64 drawn standard deviations in voxels.
+        applied: ``(B,)`` bool, whether the blur is applied (probability ``p``).
+    """
 
     sigma: torch.Tensor
+    applied: torch.Tensor
+
+    def effective(self) -> torch.Tensor:
+        """``(B,)`` sigmas with 0.0 (identity) where not applied."""
+        return torch.where(self.applied, self.sigma, torch.zeros_like(self.sigma))
 
 
 def adjust_gamma(
-    x: torch.Tensor, gamma: torch.Tensor, value_range: tuple[float, float] | None = None
+    x: torch.Tensor, gamma: torch.Tensor, value_range: Sequence[float] | None = None
 ) -> torch.Tensor:
     """Gamma on values of any sign: rescale to [0, 1], power, map back.
 
@@ -63,7 +83,7 @@ def adjust_gamma(
         hi = torch.full((b,), float(value_range[1]), device=x.device, dtype=x.dtype)
     span = hi - lo
     safe = torch.where(span > 0, span, torch.ones_like(span))
-    g = gamma.to(device=x.device, dtype=x.dtype)
+    g = gamma.to(device=x.device, dtype=x.dtype, non_blocking=True)
     shape = (b,) + (1,) * (x.ndim - 1)
     lo, safe, g = lo.view(shape), safe.view(shape), g.view(shape)
     unit = ((x - lo) / safe).clamp(0.0, 1.0)
@@ -75,7 +95,7 @@ def adjust_gamma(
 def _kernels(sigma: torch.Tensor, radius: int, device, dtype) -> torch.Tensor:
     """``(B, 2 radius + 1)`` normalised Gaussian kernels, each truncated at ceil(3 sigma)."""
     offsets = torch.arange(-radius, radius + 1, device=device, dtype=torch.float64)
-    s = sigma.to(device=device, dtype=torch.float64)[:, None]
+    s = sigma.to(device=device, dtype=torch.float64, non_blocking=True)[:, None]
     own = torch.ceil(3.0 * s)
     k = torch.exp(-0.5 * (offsets[None] / s.clamp_min(1e-12)) ** 2)
     k = torch.where(offsets[None].abs() <= own, k, torch.zeros_like(k))
@@ -84,34 +104,45 @@ def _kernels(sigma: torch.Tensor, radius: int, device, dtype) -> torch.Tensor:
     return (k / k.sum(1, keepdim=True)).to(dtype)
 
 
-def gaussian_blur2d(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def gaussian_blur2d(
+    x: torch.Tensor, sigma: torch.Tensor, max_sigma: float | None = None
+) -> torch.Tensor:
     """In-plane (per slice) separable Gaussian blur with a per-sample sigma.
 
     Each slice is blurred in H and W only (slices are not mixed, like DINOv2's 2D blur on
     each image). Kernels are truncated at ``ceil(3 sigma)`` per sample, so a sample's result
     does not depend on the rest of the batch; borders replicate. ``sigma == 0`` is identity.
+    One grouped convolution per axis for the whole batch (every slice of every sample is a
+    group with its sample's kernel), no per-sample loop.
 
     Args:
         x: ``(B, C, D, H, W)`` float tensor.
-        sigma: ``(B,)`` standard deviations in voxels (>= 0).
+        sigma: ``(B,)`` standard deviations in voxels (>= 0), CPU or on ``x``'s device.
+        max_sigma: Upper bound of ``sigma`` fixing the kernel length ``2 ceil(3 max) + 1``
+            without reading ``sigma`` back to the host (the transforms pass their range's
+            maximum). None reads ``sigma.max()`` (one host sync).
 
     Returns:
         Tensor like ``x``.
+
+    Raises:
+        ValueError: ``sigma`` not of shape ``(B,)``.
     """
     b, c, d, h, w = x.shape
-    if not bool((sigma > 0).any()):
+    if tuple(sigma.shape) != (b,):
+        raise ValueError(f"sigma must have shape ({b},), got {tuple(sigma.shape)}")
+    top = float(sigma.max()) if max_sigma is None else float(max_sigma)
+    radius = math.ceil(3.0 * top)
+    if radius == 0:
         return x
-    radius = math.ceil(3.0 * float(sigma.max()))
-    kernel = _kernels(sigma, radius, x.device, x.dtype)[:, None, :]  # (B, 1, K)
-    # Along W: rows of every sample are a batch, samples are the groups.
-    rows = rearrange(x, "b c d h w -> (c d h) b w")
-    rows = F.pad(rows, (radius, radius), mode="replicate")
-    rows = F.conv1d(rows, kernel, groups=b)
-    x = rearrange(rows, "(c d h) b w -> b c d h w", c=c, d=d, h=h)
-    cols = rearrange(x, "b c d h w -> (c d w) b h")
-    cols = F.pad(cols, (radius, radius), mode="replicate")
-    cols = F.conv1d(cols, kernel, groups=b)
-    return rearrange(cols, "(c d w) b h -> b c d h w", c=c, d=d, w=w)
+    kernel = _kernels(sigma, radius, x.device, x.dtype)  # (B, K)
+    k = kernel.shape[1]
+    weight = kernel.repeat_interleave(c * d, dim=0)  # (B*C*D, K): one group per slice
+    planes = x.reshape(1, b * c * d, h, w)
+    planes = F.pad(planes, (radius, radius, radius, radius), mode="replicate")
+    planes = F.conv2d(planes, weight.view(b * c * d, 1, 1, k), groups=b * c * d)  # along W
+    planes = F.conv2d(planes, weight.view(b * c * d, 1, k, 1), groups=b * c * d)  # along H
+    return planes.view(b, c, d, h, w)
 
 
 class RandomGamma(BatchedRandomTransform):
@@ -134,9 +165,9 @@ class RandomGamma(BatchedRandomTransform):
 
     def __init__(
         self,
-        log_gamma: tuple[float, float] = (-0.3, 0.3),
+        log_gamma: Sequence[float] = (-0.3, 0.3),
         p: float = 0.8,
-        value_range: tuple[float, float] | None = None,
+        value_range: Sequence[float] | None = None,
         seed: int | torch.Generator | None = None,
     ) -> None:
         if not 0.0 <= p <= 1.0:
@@ -148,21 +179,26 @@ class RandomGamma(BatchedRandomTransform):
         super().__init__(seed)
         self.log_gamma = (float(log_gamma[0]), float(log_gamma[1]))
         self.p = float(p)
-        self.value_range = value_range
+        self.value_range = (
+            None if value_range is None else (float(value_range[0]), float(value_range[1]))
+        )
         self.args_names = ["log_gamma", "p", "value_range"]
 
     def sample(
-        self, shape: tuple[int, ...], generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        in_shape: Sequence[int] = (),
+        generator: torch.Generator | None = None,
     ) -> GammaParams:
-        """Draw ``(B,)`` gammas (1.0 where not applied)."""
-        b = shape[0]
-        apply = uniform(b, 0.0, 1.0, generator) < self.p
+        """Draw ``(B,)`` gammas and apply flags on the CPU (``in_shape`` is not used)."""
+        b = int(batch_size)
+        applied = uniform(b, 0.0, 1.0, generator) < self.p
         gamma = torch.exp(uniform(b, *self.log_gamma, generator))
-        return GammaParams(gamma=torch.where(apply, gamma, torch.ones_like(gamma)))
+        return GammaParams(gamma=gamma, applied=applied)
 
     def apply(self, x: torch.Tensor, params: GammaParams) -> torch.Tensor:
         """Deterministic gamma; see `adjust_gamma`."""
-        return adjust_gamma(x, params.gamma, self.value_range)
+        return adjust_gamma(x, params.effective(), self.value_range)
 
 
 class RandomGaussianBlur(BatchedRandomTransform):
@@ -184,7 +220,7 @@ class RandomGaussianBlur(BatchedRandomTransform):
 
     def __init__(
         self,
-        sigma: tuple[float, float] = (0.1, 2.0),
+        sigma: Sequence[float] = (0.1, 2.0),
         p: float = 0.5,
         seed: int | torch.Generator | None = None,
     ) -> None:
@@ -198,14 +234,17 @@ class RandomGaussianBlur(BatchedRandomTransform):
         self.args_names = ["sigma", "p"]
 
     def sample(
-        self, shape: tuple[int, ...], generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        in_shape: Sequence[int] = (),
+        generator: torch.Generator | None = None,
     ) -> BlurParams:
-        """Draw ``(B,)`` sigmas (0.0 where not applied)."""
-        b = shape[0]
-        apply = uniform(b, 0.0, 1.0, generator) < self.p
+        """Draw ``(B,)`` sigmas and apply flags on the CPU (``in_shape`` is not used)."""
+        b = int(batch_size)
+        applied = uniform(b, 0.0, 1.0, generator) < self.p
         sigma = uniform(b, *self.sigma, generator)
-        return BlurParams(sigma=torch.where(apply, sigma, torch.zeros_like(sigma)))
+        return BlurParams(sigma=sigma, applied=applied)
 
     def apply(self, x: torch.Tensor, params: BlurParams) -> torch.Tensor:
-        """Deterministic blur; see `gaussian_blur2d`."""
-        return gaussian_blur2d(x, params.sigma)
+        """Deterministic blur; see `gaussian_blur2d` (kernel length from ``sigma[1]``)."""
+        return gaussian_blur2d(x, params.effective().to(x.device), max_sigma=self.sigma[1])

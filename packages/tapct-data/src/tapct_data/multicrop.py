@@ -2,137 +2,331 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 import torch
-import torchio as tio
 
 from ._random import generator_from
-from .crops import CropParams, RandomResizedCrop3d
-from .intensity import BlurParams, GammaParams, RandomGamma, RandomGaussianBlur
+from ._transform import BatchedRandomTransform, cat_params, map_params, spatial_shape
+from .crops import RandomResizedCrop3d
+from .intensity import RandomGamma, RandomGaussianBlur
 
-__all__ = ["MultiCropAugmentation", "MultiCropParams"]
+if TYPE_CHECKING:
+    from torchio import Subject
+
+__all__ = ["MultiCropAugmentation", "MultiCropConfig", "MultiCropParams", "MultiCrops"]
+
+
+def _ints(value: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(v) for v in value)
+
+
+def _floats(value: Sequence[float]) -> tuple[float, ...]:
+    return tuple(float(v) for v in value)
+
+
+def _range(name: str, value: tuple[float, ...], low: float, high: float | None = None) -> None:
+    ok = len(value) == 2 and low <= value[0] <= value[1]
+    if ok and high is not None:
+        ok = value[1] <= high
+    if not ok:
+        bound = f"{low} <= min <= max" + (f" <= {high}" if high is not None else "")
+        raise ValueError(f"{name} must be (min, max) with {bound}, got {value}")
+
+
+def _probability(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
+
+
+@attrs.frozen
+class MultiCropConfig:
+    """Multi-crop parameters (paper section 3.1-3.2, Table 7; DINOv2's ``crops`` section).
+
+    Attributes:
+        global_crops_size: ``(d, H, W)`` of the 2 global crops, voxels.
+        local_crops_size: ``(d, h, w)`` of the local crops; the same depth as the global
+            crops (paper Appendix D: shallower local crops hurt).
+        local_crops_number: Number of local crops per sample (0 allowed).
+        global_crops_scale: In-plane area fraction range of the global crops.
+        local_crops_scale: In-plane area fraction range of the local crops.
+        ratio: In-plane aspect ratio ``w / h`` range (log-uniform).
+        log_gamma: ``log(gamma)`` range of the random gamma (replaces colour jitter).
+        gamma_p: Gamma probability per crop (DINOv2's colour-jitter probability).
+        gamma_value_range: Fixed ``(lo, hi)`` of the gamma rescale, or None for each
+            crop's own min/max (`adjust_gamma`).
+        blur_sigma: Gaussian blur sigma range, voxels (DINOv2: (0.1, 2.0)).
+        global_blur_p: Blur probabilities of the two global crops (DINOv2's intent 1.0,
+            0.1, not its inverted code, PR #411).
+        local_blur_p: Blur probability of the local crops.
+        pad_value: Fill of slices missing in inputs shallower than ``d``; None = each
+            sample's minimum (air).
+
+    Raises:
+        ValueError: naming the bad value (non-positive sizes, different depths, bad ranges
+            or probabilities).
+    """
+
+    global_crops_size: tuple[int, ...] = attrs.field(default=(12, 224, 224), converter=_ints)
+    local_crops_size: tuple[int, ...] = attrs.field(default=(12, 96, 96), converter=_ints)
+    local_crops_number: int = attrs.field(default=8, converter=int)
+    global_crops_scale: tuple[float, ...] = attrs.field(default=(0.32, 1.0), converter=_floats)
+    local_crops_scale: tuple[float, ...] = attrs.field(default=(0.05, 0.32), converter=_floats)
+    ratio: tuple[float, ...] = attrs.field(default=(3 / 4, 4 / 3), converter=_floats)
+    log_gamma: tuple[float, ...] = attrs.field(default=(-0.3, 0.3), converter=_floats)
+    gamma_p: float = attrs.field(default=0.8, converter=float)
+    gamma_value_range: tuple[float, ...] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(_floats)
+    )
+    blur_sigma: tuple[float, ...] = attrs.field(default=(0.1, 2.0), converter=_floats)
+    global_blur_p: tuple[float, ...] = attrs.field(default=(1.0, 0.1), converter=_floats)
+    local_blur_p: float = attrs.field(default=0.5, converter=float)
+    pad_value: float | None = attrs.field(default=None, converter=attrs.converters.optional(float))
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("global_crops_size", "local_crops_size"):
+            size = getattr(self, name)
+            if len(size) != 3 or min(size) < 1:
+                raise ValueError(f"{name} must be 3 positive ints (d, h, w), got {size}")
+        if self.local_crops_number < 0:
+            raise ValueError(f"local_crops_number must be >= 0, got {self.local_crops_number}")
+        _range("global_crops_scale", self.global_crops_scale, 1e-12, 1.0)
+        _range("local_crops_scale", self.local_crops_scale, 1e-12, 1.0)
+        _range("ratio", self.ratio, 1e-12)
+        _range("log_gamma", self.log_gamma, float("-inf"))
+        _range("blur_sigma", self.blur_sigma, 1e-12)
+        _probability("gamma_p", self.gamma_p)
+        _probability("local_blur_p", self.local_blur_p)
+        if len(self.global_blur_p) != 2:
+            raise ValueError(f"global_blur_p needs 2 values, got {self.global_blur_p}")
+        for p in self.global_blur_p:
+            _probability("global_blur_p", p)
+        if self.gamma_value_range is not None and not (
+            len(self.gamma_value_range) == 2
+            and self.gamma_value_range[0] < self.gamma_value_range[1]
+        ):
+            raise ValueError(
+                f"gamma_value_range must be (lo, hi) with lo < hi, got {self.gamma_value_range}"
+            )
+
+    @property
+    def n_global(self) -> int:
+        """Number of global crops (2, as DINOv2)."""
+        return len(self.global_blur_p)
+
+
+# One params record per transform of a view's pipeline, each with ``V B`` rows (crop-major).
+ViewSetParams = tuple[Any, ...]
 
 
 @attrs.frozen
 class MultiCropParams:
-    """Parameters of every crop: ``(crop, gamma, blur)`` per global and per local crop."""
+    """Parameters of every crop, drawn on the CPU by `MultiCropAugmentation.sample`.
 
-    global_crops: tuple[tuple[CropParams, GammaParams, BlurParams], ...]
-    local_crops: tuple[tuple[CropParams, GammaParams, BlurParams], ...]
+    Per crop set (global, local): one params record per transform of the view pipeline
+    (`CropParams`, `GammaParams`, `BlurParams` by default), each batched over all views
+    of the set, crop-major: row ``v B + b`` is view ``v`` of sample ``b``.
+
+    Attributes:
+        global_crops: Records with ``2 B`` rows.
+        local_crops: Records with ``n_local B`` rows (empty tuple when there are none).
+        batch_size: ``B``.
+    """
+
+    global_crops: ViewSetParams
+    local_crops: ViewSetParams
+    batch_size: int
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> MultiCropParams:
+        """Every tensor moved to ``device`` (e.g. once per step, ``non_blocking`` if pinned)."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> MultiCropParams:
+        """Pinned copy (DataLoader ``pin_memory=True`` calls this on custom batch types)."""
+        return self._map(torch.Tensor.pin_memory)
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> MultiCropParams:
+        return attrs.evolve(
+            self,
+            global_crops=tuple(map_params(p, fn) for p in self.global_crops),
+            local_crops=tuple(map_params(p, fn) for p in self.local_crops),
+        )
+
+
+class MultiCrops(NamedTuple):
+    """The crops of a batch, crop-major as DINOv2's collate.
+
+    Attributes:
+        global_crops: ``(2 B, C, d, Hg, Wg)`` float32; rows ``0..B-1`` are global crop 0 of
+            every sample, rows ``B..2B-1`` global crop 1.
+        local_crops: ``(n_local B, C, d, hl, wl)`` float32 (``n_local = 0``: zero rows).
+    """
+
+    global_crops: torch.Tensor
+    local_crops: torch.Tensor
 
 
 class MultiCropAugmentation:
     """DINOv2's multi-crop (``dinov2/data/augmentations.py``) for CT volumes.
 
-    Each crop is a `RandomResizedCrop3d` followed by `RandomGamma` (replacing colour
-    jitter, paper section 3.2) and `RandomGaussianBlur`. Blur probabilities follow
-    DINOv2's intent, not its inverted code (PR #411): first global crop always blurred
-    (``p=1.0``), second ``p=0.1``, local crops ``p=0.5``. Gamma ``p=0.8`` on every crop (the
-    probability of DINOv2's colour jitter). Global and local crops keep the same depth
-    (paper Appendix D).
+    Each view is a pipeline of sample-then-apply transforms (`view_pipeline`): a
+    `RandomResizedCrop3d`, `RandomGamma` (replacing colour jitter, paper section 3.2) and
+    `RandomGaussianBlur`; adding an augmentation is one class and one line there. Blur
+    probabilities follow DINOv2's intent, not its inverted code (PR #411): first global
+    crop always blurred (``p=1.0``), second ``p=0.1``, local crops ``p=0.5``. Gamma
+    ``p=0.8`` on every crop. Global and local crops keep the same depth (Appendix D).
 
-    Call on a batch ``x (B, C, S, H0, W0)`` on any device (GPU path), with
-    ``generator=``; or on a ``tio.Subject`` (CPU path: its first scalar image, parameters
-    from ``seed``), which returns the same dict with ``(C, d, h, w)`` tensors. Both paths
-    run `sample` then `apply`.
+    `sample` draws every parameter on the CPU from a ``torch.Generator`` (so it runs in a
+    DataLoader worker); `apply` runs on the slabs' device as one batched op per transform
+    and crop set (the views of a set differ only in their sampling probabilities), with no
+    per-sample Python loop and no tensor value read back to the host.
 
     Args:
-        global_crops_size: ``(d, h, w)`` of the 2 global crops.
-        local_crops_size: ``(d, h, w)`` of the local crops.
-        local_crops_number: Number of local crops (0 allowed).
-        global_crops_scale: In-plane area fraction range of global crops.
-        local_crops_scale: In-plane area fraction range of local crops.
-        ratio: In-plane aspect ratio range.
-        log_gamma: ``log(gamma)`` range.
-        gamma_p: Gamma probability per crop.
-        blur_sigma: Blur sigma range (voxels).
-        global_blur_p: Blur probabilities of the two global crops.
-        local_blur_p: Blur probability of local crops.
+        config: `MultiCropConfig`; keyword arguments build (or override) one instead,
+            e.g. ``MultiCropAugmentation(local_crops_number=2)``.
         seed: Seed or generator of the TorchIO path.
 
-    Returns (``__call__``):
-        ``{"global_crops": [2 x (B, C, d, Hg, Wg)], "local_crops": [n x (B, C, d, hl, wl)]}``.
+    Shapes:
+        ``(B, C, S, H0, W0)`` (float or int16, any in-plane size) -> `MultiCrops` of
+        ``(2 B, C, d, Hg, Wg)`` and ``(n_local B, C, d, hl, wl)`` float32.
     """
 
     def __init__(
         self,
-        global_crops_size: tuple[int, int, int] = (12, 224, 224),
-        local_crops_size: tuple[int, int, int] = (12, 96, 96),
-        local_crops_number: int = 8,
-        global_crops_scale: tuple[float, float] = (0.32, 1.0),
-        local_crops_scale: tuple[float, float] = (0.05, 0.32),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        log_gamma: tuple[float, float] = (-0.3, 0.3),
-        gamma_p: float = 0.8,
-        blur_sigma: tuple[float, float] = (0.1, 2.0),
-        global_blur_p: tuple[float, float] = (1.0, 0.1),
-        local_blur_p: float = 0.5,
+        config: MultiCropConfig | None = None,
+        *,
         seed: int | torch.Generator | None = None,
+        **overrides: Any,
     ) -> None:
-        if local_crops_number < 0:
-            raise ValueError(f"local_crops_number must be >= 0, got {local_crops_number}")
-        self.global_crops_size = tuple(int(s) for s in global_crops_size)
-        self.local_crops_size = tuple(int(s) for s in local_crops_size)
-        self.local_crops_number = int(local_crops_number)
-        self.global_crop = RandomResizedCrop3d(global_crops_size, global_crops_scale, ratio)
-        self.local_crop = RandomResizedCrop3d(local_crops_size, local_crops_scale, ratio)
-        self.gamma = RandomGamma(log_gamma, gamma_p)
-        self.global_blurs = tuple(RandomGaussianBlur(blur_sigma, p) for p in global_blur_p)
-        if len(self.global_blurs) != 2:
-            raise ValueError(f"global_blur_p needs 2 values, got {global_blur_p}")
-        self.local_blur = RandomGaussianBlur(blur_sigma, local_blur_p)
+        if config is not None and not isinstance(config, MultiCropConfig):
+            raise TypeError(
+                f"config must be a MultiCropConfig (keyword arguments for its fields), got "
+                f"{type(config).__name__}"
+            )
+        base = config if config is not None else MultiCropConfig()
+        self.config = attrs.evolve(base, **overrides) if overrides else base
+        cfg = self.config
+        self.global_crop = RandomResizedCrop3d(
+            cfg.global_crops_size, cfg.global_crops_scale, cfg.ratio, cfg.pad_value
+        )
+        self.local_crop = RandomResizedCrop3d(
+            cfg.local_crops_size, cfg.local_crops_scale, cfg.ratio, cfg.pad_value
+        )
+        self.global_views = tuple(
+            self.view_pipeline(self.global_crop, p) for p in cfg.global_blur_p
+        )
+        self.local_views = tuple(
+            self.view_pipeline(self.local_crop, cfg.local_blur_p)
+            for _ in range(cfg.local_crops_number)
+        )
         self._generator = generator_from(seed)
 
+    def view_pipeline(
+        self, crop: RandomResizedCrop3d, blur_p: float
+    ) -> tuple[BatchedRandomTransform, ...]:
+        """The transforms of one view, in order (one line per augmentation)."""
+        cfg = self.config
+        return (
+            crop,
+            RandomGamma(cfg.log_gamma, cfg.gamma_p, cfg.gamma_value_range),
+            RandomGaussianBlur(cfg.blur_sigma, blur_p),
+        )
+
     def sample(
-        self, shape: tuple[int, ...], generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        in_shape: Sequence[int],
+        generator: torch.Generator | None = None,
     ) -> MultiCropParams:
-        """Draw all parameters for a batch of shape ``(B, C, S, H0, W0)``."""
-        glob = tuple(
-            (
-                self.global_crop.sample(shape, generator),
-                self.gamma.sample(shape, generator),
-                blur.sample(shape, generator),
-            )
-            for blur in self.global_blurs
+        """Draw all parameters for ``batch_size`` slabs of spatial shape ``(S, H0, W0)``.
+
+        The draws are in the order global view 0, 1, then each local view, and within a
+        view the pipeline's order (same stream as before the batched rewrite, so runs and
+        resumes stay reproducible given the generator's seed).
+
+        Args:
+            batch_size: ``B``.
+            in_shape: ``(S, H0, W0)`` of the reference grid the boxes are rounded on (a
+                longer shape's last three entries are used). `apply` accepts slabs of any
+                in-plane size: boxes are relative.
+            generator: CPU ``torch.Generator`` (global RNG when None).
+
+        Returns:
+            `MultiCropParams` of CPU tensors.
+        """
+        b = int(batch_size)
+        shape = spatial_shape(in_shape)
+
+        def draw(views: tuple[tuple[BatchedRandomTransform, ...], ...]) -> ViewSetParams:
+            per_view = [tuple(t.sample(b, shape, generator) for t in view) for view in views]
+            if not per_view:
+                return ()
+            return tuple(cat_params(records) for records in zip(*per_view, strict=True))
+
+        return MultiCropParams(
+            global_crops=draw(self.global_views),
+            local_crops=draw(self.local_views),
+            batch_size=b,
         )
-        local = tuple(
-            (
-                self.local_crop.sample(shape, generator),
-                self.gamma.sample(shape, generator),
-                self.local_blur.sample(shape, generator),
+
+    @staticmethod
+    def _apply_set(
+        x: torch.Tensor,
+        views: tuple[tuple[BatchedRandomTransform, ...], ...],
+        records: ViewSetParams,
+    ) -> torch.Tensor:
+        crop, *rest = views[0]
+        out = crop.apply(x, records[0])  # (V B, C, d, h, w) float32
+        for transform, params in zip(rest, records[1:], strict=True):
+            out = transform.apply(out, params)
+        return out
+
+    def apply(self, slabs: torch.Tensor, params: MultiCropParams) -> MultiCrops:
+        """Apply ``params`` to ``slabs (B, C, S, H0, W0)`` on their device; deterministic.
+
+        Args:
+            slabs: ``(B, C, S, H0, W0)`` float or integer tensor (any in-plane size).
+            params: From `sample` (CPU or already on ``slabs``' device).
+
+        Returns:
+            `MultiCrops`, float32 on ``slabs``' device, crop-major.
+
+        Raises:
+            ValueError: ``slabs`` not 5-D or not ``params.batch_size`` samples.
+        """
+        if slabs.ndim != 5:
+            raise ValueError(f"expected slabs of shape (B, C, S, H0, W0), got {tuple(slabs.shape)}")
+        if slabs.shape[0] != params.batch_size:
+            raise ValueError(
+                f"params were sampled for {params.batch_size} slabs, got {slabs.shape[0]}"
             )
-            for _ in range(self.local_crops_number)
-        )
-        return MultiCropParams(global_crops=glob, local_crops=local)
+        global_crops = self._apply_set(slabs, self.global_views, params.global_crops)
+        if self.local_views:
+            local_crops = self._apply_set(slabs, self.local_views, params.local_crops)
+        else:
+            local_crops = global_crops.new_empty((0, slabs.shape[1], *self.config.local_crops_size))
+        return MultiCrops(global_crops=global_crops, local_crops=local_crops)
 
-    def apply(self, x: torch.Tensor, params: MultiCropParams) -> dict[str, list[torch.Tensor]]:
-        """Apply parameters to ``x (B, C, S, H0, W0)``; deterministic."""
-        if x.ndim != 5:
-            raise ValueError(f"expected x of shape (B, C, S, H0, W0), got {tuple(x.shape)}")
-        x = x.float()
+    def __call__(self, x: Any, generator: torch.Generator | None = None) -> MultiCrops:
+        """`sample` then `apply` on a batch, or on a ``tio.Subject`` (CPU path).
 
-        def run(crop: RandomResizedCrop3d, blur: RandomGaussianBlur, p: tuple) -> torch.Tensor:
-            out = crop.apply(x, p[0])
-            out = self.gamma.apply(out, p[1])
-            return blur.apply(out, p[2])
+        A subject's first scalar image ``(C, W, H, D)`` is one sample (parameters from
+        ``generator`` or the ``seed`` generator); the result is `MultiCrops` with
+        ``B = 1`` (rows are views) in ``(C, d, h, w)`` axis order, the same numbers the
+        batched path gives for the same parameters.
+        """
+        if isinstance(x, torch.Tensor):
+            if x.ndim != 5:
+                raise ValueError(f"expected x of shape (B, C, S, H0, W0), got {tuple(x.shape)}")
+            return self.apply(x, self.sample(x.shape[0], x.shape[2:], generator))
+        if hasattr(x, "get_images"):
+            return self._apply_subject(x, generator)
+        raise TypeError(f"expected a (B, C, S, H0, W0) tensor or tio.Subject, got {type(x)}")
 
-        return {
-            "global_crops": [
-                run(self.global_crop, blur, p)
-                for blur, p in zip(self.global_blurs, params.global_crops)
-            ],
-            "local_crops": [run(self.local_crop, self.local_blur, p) for p in params.local_crops],
-        }
-
-    def __call__(self, x: Any, generator: torch.Generator | None = None) -> dict[str, list]:
-        if isinstance(x, tio.Subject):
-            image = x.get_images(intensity_only=True)[0]
-            batch = image.data.permute(0, 3, 2, 1)[None].float()  # (C,W,H,D) -> (1,C,D,H,W)
-            params = self.sample(tuple(batch.shape), generator or self._generator)
-            out = self.apply(batch, params)
-            return {key: [t[0] for t in crops] for key, crops in out.items()}
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"expected a (B, C, S, H0, W0) tensor or tio.Subject, got {type(x)}")
-        return self.apply(x, self.sample(tuple(x.shape), generator))
+    def _apply_subject(self, subject: Subject, generator: torch.Generator | None) -> MultiCrops:
+        image = subject.get_images(intensity_only=True)[0]
+        batch = image.data.permute(0, 3, 2, 1)[None]  # (C, W, H, D) -> (1, C, D, H, W)
+        params = self.sample(1, batch.shape[2:], generator or self._generator)
+        return self.apply(batch, params)

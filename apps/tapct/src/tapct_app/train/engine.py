@@ -241,19 +241,26 @@ class _Augmenter:
         self.mask_probability = m.mask_probability
 
     def __call__(self, slabs: torch.Tensor, seed: int) -> dict[str, Any]:
-        from tapct_data import collate_data_and_cast
+        from tapct_data import MaskingConfig, collate_data_and_cast
 
         gen = torch.Generator(device=slabs.device).manual_seed(derive_seed(seed, "crops"))
         crops = self.augment(slabs, generator=gen)
         mask_gen = torch.Generator().manual_seed(derive_seed(seed, "masks"))
-        return collate_data_and_cast(
+        batch = collate_data_and_cast(
             crops,
             mask_generator=self.mask_generator,
-            mask_ratio_tuple=self.mask_ratio,
-            mask_probability=self.mask_probability,
+            masking=MaskingConfig(
+                mask_probability=self.mask_probability, mask_ratio=self.mask_ratio
+            ),
             dtype=torch.float32,
             generator=mask_gen,
         )
+        # The objective still reads DINOv2's keys (it derives the mask indices and weights).
+        return {
+            "collated_global_crops": batch.global_crops,
+            "collated_local_crops": batch.local_crops,
+            "collated_masks": batch.masks.to(slabs.device),
+        }
 
 
 def _param_checksum(module: nn.Module) -> float:
