@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
@@ -150,6 +151,7 @@ class VisionTransformer3d(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head = nn.Identity()
         self._pos_cache: tuple[tuple[Any, ...], torch.Tensor] | None = None
+        self._grad_checkpointing_every = 0
         self.reset_parameters()
 
     # ------------------------------------------------------------------ init
@@ -310,9 +312,67 @@ class VisionTransformer3d(nn.Module):
     def _forward_single(self, x: torch.Tensor, masks: torch.Tensor | None,
                         generator: torch.Generator | None) -> dict[str, Any]:
         tokens, grid = self.prepare_tokens_with_masks(x, masks)
-        for blk in self.blocks:
-            tokens = blk(tokens, generator)
+        for i, blk in enumerate(self.blocks):
+            tokens = self._run_block(i, blk, tokens, generator)
         return self._split(self.norm(tokens), tokens, masks, grid)
+
+    def _run_block(self, index: int, blk: nn.Module, tokens: torch.Tensor,
+                   generator: torch.Generator | None) -> torch.Tensor:
+        """One block; drop-path draws made here, outside any checkpoint or compiled code."""
+        inner: Any = getattr(blk, "_orig_mod", blk)  # a compiled block's module
+        drop = inner.sample_drop_path(tokens, generator)
+        if self._checkpointed(index) and torch.is_grad_enabled():
+            # the draws are inputs of the checkpointed call: the recomputation in backward
+            # drops exactly the samples the forward dropped
+            out: torch.Tensor = torch.utils.checkpoint.checkpoint(
+                blk, tokens, None, drop, use_reentrant=False
+            )
+            return out
+        return blk(tokens, None, drop)
+
+    def _checkpointed(self, index: int) -> bool:
+        every = self._grad_checkpointing_every
+        return every > 0 and index % every == 0
+
+    def set_grad_checkpointing(self, enable: bool = True, every: int = 1) -> None:
+        """Recompute block activations in backward instead of keeping them (as timm).
+
+        Uses non-reentrant ``torch.utils.checkpoint``: a checkpointed block keeps only its
+        input tokens (and its drop-path draws, which are made before the call and passed
+        in, so the recomputation drops the same samples). Applies in training and
+        evaluation whenever autograd is recording.
+
+        Args:
+            enable: Turn checkpointing on or off.
+            every: Checkpoint blocks ``0, every, 2 * every, ...`` (1: every block, the
+                least memory; 2: every other block, half the recomputation).
+
+        Raises:
+            ValueError: If ``every < 1``.
+        """
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an int >= 1, got {every!r}")
+        self._grad_checkpointing_every = every if enable else 0
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        """Whether :meth:`set_grad_checkpointing` is on."""
+        return self._grad_checkpointing_every > 0
+
+    def compile_blocks(self, **compile_kwargs: Any) -> None:
+        """``torch.compile`` every block in place (``nn.Module.compile``).
+
+        Only the blocks are compiled: the token preparation (variable grids, masks) and
+        the drop-path draws stay eager, so each crop size gives one graph per block shape
+        and no random op is traced. Works with :meth:`set_grad_checkpointing`. Parameter
+        names and the state dict do not change.
+
+        Args:
+            **compile_kwargs: Passed to ``torch.compile`` (e.g. ``backend="inductor"``,
+                ``mode="max-autotune-no-cudagraphs"``, ``dynamic=False``).
+        """
+        for blk in self.blocks:
+            blk.compile(**compile_kwargs)
 
     def forward_features_list(
         self,
@@ -342,8 +402,8 @@ class VisionTransformer3d(nn.Module):
             raise ValueError(f"got {len(xs)} inputs but {len(masks_list)} masks")
         prepared = [self.prepare_tokens_with_masks(x, m) for x, m in zip(xs, masks_list)]
         tokens = [t for t, _ in prepared]
-        for blk in self.blocks:
-            tokens = [blk(t, generator) for t in tokens]
+        for i, blk in enumerate(self.blocks):
+            tokens = [self._run_block(i, blk, t, generator) for t in tokens]
         return [
             self._split(self.norm(t), t, m, grid)
             for t, m, (_, grid) in zip(tokens, masks_list, prepared)
