@@ -86,10 +86,9 @@ def drop_add_residual_stochastic_depth(
     b = x.shape[0]
     branch = residual(x.index_select(0, keep_indices))  # (B_keep, N, E)
     scale = b / keep_indices.shape[0]
-    out = torch.index_add(
-        x.flatten(1), 0, keep_indices, branch.flatten(1).to(x.dtype), alpha=scale
-    )
-    return out.view_as(x)
+    # index_put(accumulate) rather than DINOv2's index_add: same sum, but autograd does
+    # not keep the (B_keep, N, E) branch output for backward (index_add saves its source)
+    return x.index_put((keep_indices,), branch.to(x.dtype) * scale, accumulate=True)
 
 
 class Attention(nn.Module):
