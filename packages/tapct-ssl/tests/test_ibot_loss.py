@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tapct_ssl import iBOTPatchLoss, ibot_mask_indices
+from tapct_ssl import ibot_mask_indices, iBOTPatchLoss
 
 
 def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

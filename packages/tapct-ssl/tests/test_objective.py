@@ -271,17 +271,17 @@ def test_backbone_without_forward_features_list(tiny_backbone, batch_tools) -> N
 def test_input_validation_and_mask_index(tiny_backbone, batch_tools) -> None:
     collate, make_crops = batch_tools
     objective = DINOv2Objective(tiny_backbone(), SMALL)
-    g, l, m = collate(*make_crops(2, n_local=2))
+    g, loc, m = collate(*make_crops(2, n_local=2))
     with pytest.raises(ValueError, match="teacher_temp"):
-        objective(g, l, m, teacher_temp=0.0)
+        objective(g, loc, m, teacher_temp=0.0)
     with pytest.raises(ValueError, match="masks must be bool"):
-        objective(g, l, m.float(), 0.04)
+        objective(g, loc, m.float(), 0.04)
     with pytest.raises(ValueError, match="global_crops has 3 crops"):
-        objective(g[:3], l, m[:3], 0.04)
+        objective(g[:3], loc, m[:3], 0.04)
     with pytest.raises(ValueError, match="mask_index is for 2 images"):
-        objective(g, l, m, 0.04, mask_index=ibot_mask_indices(m[:2]))
-    derived = objective(g, l, m, 0.04)  # indices and weights derived from the masks
-    given = objective(g, l, m, 0.04, mask_index=ibot_mask_indices(m))  # from a worker
+        objective(g, loc, m, 0.04, mask_index=ibot_mask_indices(m[:2]))
+    derived = objective(g, loc, m, 0.04)  # indices and weights derived from the masks
+    given = objective(g, loc, m, 0.04, mask_index=ibot_mask_indices(m))  # from a worker
     for (name, a), (_, b) in zip(derived, given):
         torch.testing.assert_close(a, b, msg=name)
 
@@ -315,7 +315,7 @@ def test_accessors_checkpoint_state_and_clipping(tiny_backbone, batch_tools) -> 
     norm = objective.clip_gradients(limit)
     assert isinstance(norm, torch.Tensor) and norm.ndim == 0  # stays on the device
     torch.testing.assert_close(norm, max(norms.values()))
-    for k, part in objective.student.items():  # each part clipped to the limit separately
+    for part in objective.student.values():  # each part clipped to the limit separately
         clipped = torch.linalg.vector_norm(
             torch.stack([torch.linalg.vector_norm(p.grad) for p in part.parameters()])
         )

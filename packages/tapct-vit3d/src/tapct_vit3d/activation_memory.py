@@ -103,7 +103,7 @@ def activation_bytes_per_sample(
                 enabled = autocast_dtype is not None
                 with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=enabled):
                     _, n_bytes = saved_tensor_bytes(
-                        model.forward_features_list,  # type: ignore[operator]
+                        model.forward_features_list,  # type: ignore[arg-type]
                         xs,
                         masks,
                     )

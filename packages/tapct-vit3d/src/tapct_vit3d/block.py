@@ -31,9 +31,7 @@ __all__ = [
 SUBSET_DROP_PATH_THRESHOLD = 0.1
 
 
-def _scaled_linear(
-    layer: nn.Linear, x: torch.Tensor, scale: torch.Tensor | None
-) -> torch.Tensor:
+def _scaled_linear(layer: nn.Linear, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """``layer(x) * scale`` as one linear: ``x @ (W * scale[:, None])^T + b * scale``.
 
     Equal up to rounding; autograd keeps ``x`` (which ``layer`` keeps anyway) instead of
@@ -107,8 +105,9 @@ class Attention(nn.Module):
         dinov2/layers/attention.py.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True,
-                 proj_bias: bool = True) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True
+    ) -> None:
         super().__init__()
         if num_heads < 1 or dim % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide embed_dim={dim}")
@@ -263,10 +262,18 @@ class Block(nn.Module):
         dinov2/layers/block.py (``Block``, ``drop_add_residual_stochastic_depth``).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0,
-                 layerscale_init: float | None = 1e-5, drop_path: float = 0.0,
-                 norm_eps: float = 1e-6, qkv_bias: bool = True, proj_bias: bool = True,
-                 ffn_bias: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        layerscale_init: float | None = 1e-5,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        ffn_bias: bool = True,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias)
@@ -308,8 +315,7 @@ class Block(nn.Module):
         if self.uses_subset_drop_path:
             n_keep = max(int(b * (1.0 - p)), 1)
             return tuple(  # type: ignore[return-value]
-                torch.randperm(b, device=x.device, generator=generator)[:n_keep]
-                for _ in range(2)
+                torch.randperm(b, device=x.device, generator=generator)[:n_keep] for _ in range(2)
             )
         return tuple(  # type: ignore[return-value]
             (torch.rand((b, 1, 1), device=x.device, generator=generator) >= p).to(x.dtype)

@@ -97,8 +97,12 @@ class VisionTransformer3d(nn.Module):
         self.img_size = as_triple(img_size, "img_size")
         self.patch_size = as_triple(patch_size, "patch_size")
         self.grid_size = patch_grid(self.img_size, self.patch_size)
-        for name, value in (("in_chans", in_chans), ("embed_dim", embed_dim), ("depth", depth),
-                            ("num_heads", num_heads)):
+        for name, value in (
+            ("in_chans", in_chans),
+            ("embed_dim", embed_dim),
+            ("depth", depth),
+            ("num_heads", num_heads),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if embed_dim % num_heads:
@@ -113,13 +117,20 @@ class VisionTransformer3d(nn.Module):
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
 
         self.config: dict[str, Any] = {
-            "img_size": list(self.img_size), "patch_size": list(self.patch_size),
-            "in_chans": in_chans, "embed_dim": embed_dim, "depth": depth,
-            "num_heads": num_heads, "mlp_ratio": float(mlp_ratio),
+            "img_size": list(self.img_size),
+            "patch_size": list(self.patch_size),
+            "in_chans": in_chans,
+            "embed_dim": embed_dim,
+            "depth": depth,
+            "num_heads": num_heads,
+            "mlp_ratio": float(mlp_ratio),
             "num_register_tokens": num_register_tokens,
             "layerscale_init": None if not layerscale_init else float(layerscale_init),
-            "drop_path_rate": float(drop_path_rate), "drop_path_uniform": bool(drop_path_uniform),
-            "qkv_bias": bool(qkv_bias), "proj_bias": bool(proj_bias), "ffn_bias": bool(ffn_bias),
+            "drop_path_rate": float(drop_path_rate),
+            "drop_path_uniform": bool(drop_path_uniform),
+            "qkv_bias": bool(qkv_bias),
+            "proj_bias": bool(proj_bias),
+            "ffn_bias": bool(ffn_bias),
             "norm_eps": float(norm_eps),
         }
         self.in_chans = in_chans
@@ -135,7 +146,8 @@ class VisionTransformer3d(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n_patches, embed_dim))
         self.register_tokens = (
             nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim))
-            if num_register_tokens else None
+            if num_register_tokens
+            else None
         )
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
         if drop_path_uniform:
@@ -143,9 +155,17 @@ class VisionTransformer3d(nn.Module):
         else:
             rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, layerscale_init=layerscale_init,
-                  drop_path=rate, norm_eps=norm_eps, qkv_bias=qkv_bias, proj_bias=proj_bias,
-                  ffn_bias=ffn_bias)
+            Block(
+                embed_dim,
+                num_heads,
+                mlp_ratio=mlp_ratio,
+                layerscale_init=layerscale_init,
+                drop_path=rate,
+                norm_eps=norm_eps,
+                qkv_bias=qkv_bias,
+                proj_bias=proj_bias,
+                ffn_bias=ffn_bias,
+            )
             for rate in rates
         )
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
@@ -266,13 +286,18 @@ class VisionTransformer3d(nn.Module):
         parts.append(tokens + pos[:, 1:])
         return torch.cat(parts, dim=1), grid
 
-    def _split(self, x_norm: torch.Tensor, x_prenorm: torch.Tensor, masks: torch.Tensor | None,
-               grid: tuple[int, int, int]) -> dict[str, Any]:
+    def _split(
+        self,
+        x_norm: torch.Tensor,
+        x_prenorm: torch.Tensor,
+        masks: torch.Tensor | None,
+        grid: tuple[int, int, int],
+    ) -> dict[str, Any]:
         R = self.num_register_tokens
         return {
             "x_norm_clstoken": x_norm[:, 0],
-            "x_norm_regtokens": x_norm[:, 1:R + 1],
-            "x_norm_patchtokens": x_norm[:, R + 1:],
+            "x_norm_regtokens": x_norm[:, 1 : R + 1],
+            "x_norm_patchtokens": x_norm[:, R + 1 :],
             "x_prenorm": x_prenorm,
             "masks": masks,
             "grid_size": grid,
@@ -309,15 +334,17 @@ class VisionTransformer3d(nn.Module):
             return self.forward_features_list(x, masks_list, generator=generator)  # type: ignore[arg-type]
         return self._forward_single(x, masks, generator)  # type: ignore[arg-type]
 
-    def _forward_single(self, x: torch.Tensor, masks: torch.Tensor | None,
-                        generator: torch.Generator | None) -> dict[str, Any]:
+    def _forward_single(
+        self, x: torch.Tensor, masks: torch.Tensor | None, generator: torch.Generator | None
+    ) -> dict[str, Any]:
         tokens, grid = self.prepare_tokens_with_masks(x, masks)
         for i, blk in enumerate(self.blocks):
             tokens = self._run_block(i, blk, tokens, generator)
         return self._split(self.norm(tokens), tokens, masks, grid)
 
-    def _run_block(self, index: int, blk: nn.Module, tokens: torch.Tensor,
-                   generator: torch.Generator | None) -> torch.Tensor:
+    def _run_block(
+        self, index: int, blk: nn.Module, tokens: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
         """One block; drop-path draws made here, outside any checkpoint or compiled code."""
         inner: Any = getattr(blk, "_orig_mod", blk)  # a compiled block's module
         drop = inner.sample_drop_path(tokens, generator)
@@ -409,8 +436,9 @@ class VisionTransformer3d(nn.Module):
             for t, m, (_, grid) in zip(tokens, masks_list, prepared)
         ]
 
-    def forward(self, x: torch.Tensor, masks: torch.Tensor | None = None, *,
-                is_training: bool = False) -> torch.Tensor | dict[str, Any]:
+    def forward(
+        self, x: torch.Tensor, masks: torch.Tensor | None = None, *, is_training: bool = False
+    ) -> torch.Tensor | dict[str, Any]:
         """Return the normalised cls token ``(B, E)`` (DINOv2 with ``is_training=False``).
 
         Args:
@@ -469,7 +497,7 @@ class VisionTransformer3d(nn.Module):
         if norm:
             outputs = [self.norm(o) for o in outputs]
         cls = [o[:, 0] for o in outputs]
-        patches = [o[:, self.num_prefix_tokens:] for o in outputs]
+        patches = [o[:, self.num_prefix_tokens :] for o in outputs]
         if reshape:
             t, h, w = grid
             patches = [rearrange(p, "b (t h w) e -> b e t h w", t=t, h=h, w=w) for p in patches]
