@@ -31,15 +31,18 @@ def vit_flops(tokens: int, patches: int, width: int, depth: int, patch_voxels: i
     return blocks + 2 * patches * width * patch_voxels
 
 
-def head_flops(n: int, width: int, hidden: int = 2048, bottleneck: int = 256,
-               prototypes: int = 65536) -> float:
+def head_flops(
+    n: int, width: int, hidden: int = 2048, bottleneck: int = 256, prototypes: int = 65536
+) -> float:
     """Forward FLOPs of a DINO head on n inputs."""
-    return 2 * n * (width * hidden + hidden * hidden + hidden * bottleneck
-                    + bottleneck * prototypes)
+    return (
+        2 * n * (width * hidden + hidden * hidden + hidden * bottleneck + bottleneck * prototypes)
+    )
 
 
-def step_flops(batch: int, width: int = 768, depth: int = 12, registers: int = 4,
-               mask_fraction: float = 0.15) -> float:
+def step_flops(
+    batch: int, width: int = 768, depth: int = 12, registers: int = 4, mask_fraction: float = 0.15
+) -> float:
     """Analytic FLOPs of one training step per GPU."""
     g_patches = (12 // 4) * (224 // 8) * (224 // 8)  # 2352
     l_patches = (12 // 4) * (96 // 8) * (96 // 8)  # 432
@@ -89,11 +92,15 @@ def main() -> int:
     def step(i: int) -> None:
         batch = augment(slabs, 1000 + i)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = objective(batch, teacher_temp=0.04)
+            out = objective(
+                batch["collated_global_crops"],
+                batch.get("collated_local_crops"),
+                batch["collated_masks"].bool(),
+                0.04,
+            )
         optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        for part in objective.student.values():
-            torch.nn.utils.clip_grad_norm_(part.parameters(), 3.0)
+        out.loss.backward()
+        objective.clip_gradients(3.0)
         optimizer.step()
         objective.update(0.992)
 

@@ -17,10 +17,11 @@ import argparse
 import json
 import statistics
 import time
+from typing import Any
 
 import attrs
 import torch
-from tapct_ssl import DINOv2Objective, DINOv2ObjectiveConfig, get_params_groups
+from tapct_ssl import DINOv2Objective, DINOv2ObjectiveConfig, get_params_groups, ibot_mask_indices
 from tapct_vit3d import create_model
 from torch.profiler import ProfilerActivity, profile
 
@@ -42,25 +43,21 @@ def make_batch(
     patch: tuple[int, int, int],
     generator: torch.Generator,
     device: torch.device,
-) -> dict[str, torch.Tensor]:
-    """Random crops and masks in DINOv2's collated layout (crop-major)."""
+) -> dict[str, Any]:
+    """Random crops, masks and their mask index, crop-major (DINOv2's layout)."""
     grid = [g // p for g, p in zip(global_size, patch)]
     n_tokens = grid[0] * grid[1] * grid[2]
     globals_ = torch.randn(2 * n_images, 1, *global_size, generator=generator)
     locals_ = torch.randn(n_local * n_images, 1, *local_size, generator=generator)
     masks = torch.rand(2 * n_images, n_tokens, generator=generator) < 0.3
     masks[n_images:] = False  # half the global crops masked, as mask_probability 0.5
-    indices = masks.flatten().nonzero().flatten()
-    weights = (1.0 / masks.sum(-1, keepdim=True).clamp(min=1)).expand_as(masks)[masks]
-    batch = {
-        "collated_global_crops": globals_,
-        "collated_local_crops": locals_,
-        "collated_masks": masks,
-        "mask_indices_list": indices,
-        "masks_weight": weights,
-        "n_masked_patches": torch.tensor([indices.numel()]),
+    mask_index = ibot_mask_indices(masks)  # on the CPU, as in a DataLoader worker
+    return {
+        "global_crops": globals_.to(device),
+        "local_crops": locals_.to(device),
+        "masks": masks.to(device),
+        "mask_index": mask_index.to(device),
     }
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _sync(device: torch.device) -> None:
@@ -118,13 +115,19 @@ def main() -> None:
 
     phases: dict[str, list[float]] = {k: [] for k in ("forward", "backward", "optim", "update")}
 
-    def step(batch: dict[str, torch.Tensor], record: bool) -> None:
+    def step(batch: dict[str, Any], record: bool) -> None:
         _sync(device)
         t0 = time.perf_counter()
-        out = objective(batch, teacher_temp=0.04)
+        out = objective(
+            batch["global_crops"],
+            batch["local_crops"],
+            batch["masks"],
+            0.04,
+            mask_index=batch["mask_index"],
+        )
         _sync(device)
         t1 = time.perf_counter()
-        out["loss"].backward()
+        out.loss.backward()
         _sync(device)
         t2 = time.perf_counter()
         optimizer.step()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import attrs
 import pytest
 import torch
 from tapct_app.train import checkpoint as ckpt
@@ -71,7 +72,7 @@ def test_nan_guard_stops_before_writing(tiny_config, tmp_path, monkeypatch):
         out = original(self, *args, **kwargs)
         calls["n"] += 1
         if calls["n"] >= 3:  # iteration 2 goes bad
-            out = {**out, "loss": out["loss"] * float("nan")}
+            out = attrs.evolve(out, loss=out.loss * float("nan"))
         return out
 
     monkeypatch.setattr(DINOv2Objective, "forward", poisoned)

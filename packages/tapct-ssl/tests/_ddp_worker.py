@@ -47,7 +47,7 @@ def run(mode: str, images: list[int], ddp: bool) -> dict[str, object]:
             [torch.stack(x) for x in pick[2:10]],
             [torch.stack(x) for x in pick[10:]],
         )
-        model(collate(g, locs, m), teacher_temp=0.04)["loss"].backward()
+        model(*collate(g, locs, m), teacher_temp=0.04).loss.backward()
         grads.append({n: p.grad.clone() for n, p in objective.student.named_parameters()})
         optimizer.step()
         optimizer.zero_grad()

@@ -10,6 +10,7 @@ parameter-group tests exercise the real naming rules.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -132,33 +133,31 @@ class TinyBackbone(nn.Module):
         return self.forward_features(x)["x_norm_clstoken"]
 
 
+class Crops(NamedTuple):
+    """The objective's explicit inputs: ``objective(*crops, teacher_temp)``."""
+
+    global_crops: torch.Tensor
+    local_crops: torch.Tensor | None
+    masks: torch.Tensor
+
+
 def collate(
     global_crops: Sequence[torch.Tensor],
     local_crops: Sequence[torch.Tensor],
     masks: Sequence[torch.Tensor],
-) -> dict[str, torch.Tensor]:
-    """DINOv2-style collated batch from per-crop tensors (crop-major), as tapct_data does.
+) -> Crops:
+    """Crop-major batch from per-crop tensors, as tapct_data's collate does.
 
     Args:
         global_crops: n_g tensors (B, C, D, H, W).
         local_crops: n_l tensors (B, C, d, h, w).
         masks: n_g bool tensors (B, N).
     """
-    collated_masks = torch.cat(list(masks))  # (n_g B, N)
-    mask_indices = collated_masks.flatten().nonzero().flatten()
-    per_image = collated_masks.sum(-1, keepdim=True).clamp(min=1)
-    masks_weight = (1.0 / per_image).expand_as(collated_masks)[collated_masks]
-    batch = {
-        "collated_global_crops": torch.cat(list(global_crops)),
-        "collated_masks": collated_masks,
-        "mask_indices_list": mask_indices,
-        "masks_weight": masks_weight,
-        "n_masked_patches": torch.tensor([mask_indices.numel()]),
-        "upperbound": int(collated_masks.numel()),
-    }
-    if local_crops:
-        batch["collated_local_crops"] = torch.cat(list(local_crops))
-    return batch
+    return Crops(
+        torch.cat(list(global_crops)),
+        torch.cat(list(local_crops)) if local_crops else None,
+        torch.cat(list(masks)),
+    )
 
 
 def make_crops(
@@ -195,7 +194,7 @@ def tiny_backbone() -> Callable[..., TinyBackbone]:
 
 
 @pytest.fixture
-def batch_tools() -> tuple[Callable[..., dict[str, torch.Tensor]], Callable[..., tuple]]:
+def batch_tools() -> tuple[Callable[..., Crops], Callable[..., tuple]]:
     """``(collate, make_crops)``."""
     return collate, make_crops
 

@@ -127,6 +127,40 @@ def test_sinkhorn_knopp_is_stable_for_large_logits() -> None:
     torch.testing.assert_close(q, _sinkhorn_reference(z.double(), 0.04, 3).float())
 
 
+def _sinkhorn_global_max_float32(z: torch.Tensor, tau: float, n_iter: int) -> torch.Tensor:
+    # the previous implementation: subtract the one global max, then exp (float32)
+    logits = z.float() / tau
+    q = torch.exp(logits - logits.amax()).t()
+    k, b = q.shape
+    q = q / q.sum()
+    tiny = torch.finfo(q.dtype).tiny
+    for _ in range(n_iter):
+        q = q / q.sum(dim=1, keepdim=True).clamp_min(tiny) / k
+        q = q / q.sum(dim=0, keepdim=True).clamp_min(tiny) / b
+    return (q * b).t()
+
+
+def test_sinkhorn_knopp_log_domain_keeps_every_row_for_a_far_sample() -> None:
+    """Issue 13: tau 0.04 and one sample's logits 6 above the rest (dinov2#360)."""
+    g = torch.Generator().manual_seed(8)
+    z = torch.randn(8, 16, generator=g)
+    z[0] += 6.0
+    old = _sinkhorn_global_max_float32(z, 0.04, 3)
+    assert (old.sum(1)[1:] < 0.5).all()  # the old form loses every other sample
+    q = DINOLoss(16).sinkhorn_knopp_teacher(z, 0.04)
+    torch.testing.assert_close(q.sum(1), torch.ones(8))
+    torch.testing.assert_close(q, _sinkhorn_reference(z.double(), 0.04, 3).float())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sinkhorn_knopp_equals_the_previous_form_where_that_was_right(seed: int) -> None:
+    z = torch.randn(12, 32, generator=torch.Generator().manual_seed(seed))
+    for tau in (0.04, 0.07, 0.5):
+        old = _sinkhorn_global_max_float32(z, tau, 3)
+        torch.testing.assert_close(old.sum(1), torch.ones(12))  # ordinary input: it was right
+        torch.testing.assert_close(DINOLoss(32).sinkhorn_knopp_teacher(z, tau), old)
+
+
 def test_sinkhorn_knopp_under_a_process_group(gloo_group: None) -> None:
     z = torch.randn(8, 5, generator=torch.Generator().manual_seed(5))
     q = DINOLoss(5).sinkhorn_knopp_teacher(z, 0.1)

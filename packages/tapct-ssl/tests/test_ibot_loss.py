@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tapct_ssl import iBOTPatchLoss
+from tapct_ssl import ibot_mask_indices, iBOTPatchLoss
 
 
 def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -49,18 +49,27 @@ def test_forward_masked_matches_formula_and_dense_form() -> None:
     torch.testing.assert_close(got, loss(s, t, m))
 
 
-def test_forward_masked_with_padding_and_explicit_weights() -> None:
+def test_forward_masked_with_a_mask_index() -> None:
     s, t, m = _inputs(2)
     loss = iBOTPatchLoss(5).double()
-    weights = (1.0 / m.sum(-1, keepdim=True).clamp(min=1).double()).expand_as(m)[m]
-    padded_s = torch.cat([s[m], torch.randn(2, 5, dtype=torch.float64)])
-    padded_t = torch.cat([t[m], torch.softmax(torch.randn(2, 5, dtype=torch.float64), -1)])
-    got = loss.forward_masked(
-        padded_s, padded_t, m, n_masked_patches=int(m.sum()), masks_weight=weights
-    )
+    index = ibot_mask_indices(m)
+    torch.testing.assert_close(index.indices, m.flatten().nonzero().flatten())
+    expected_w = (1.0 / m.sum(-1, keepdim=True).clamp(min=1).double()).expand_as(m)[m]
+    torch.testing.assert_close(index.weights, expected_w)
+    assert index.n_images == 3 and index.n_masked == int(m.sum())
+    got = loss.forward_masked(s[m], t[m], index)
     assert got.item() == pytest.approx(_expected(s, t, m), rel=1e-12)
-    with pytest.raises(ValueError, match="masks_weight"):
-        loss.forward_masked(padded_s, padded_t, m, masks_weight=weights)
+    with pytest.raises(ValueError, match="mask_index has 4 masked tokens for 5 rows"):
+        loss.forward_masked(torch.cat([s[m], s[m][:1]]), torch.cat([t[m], t[m][:1]]), index)
+
+
+def test_mask_index_validation() -> None:
+    with pytest.raises(TypeError, match="bool"):
+        ibot_mask_indices(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="2B, N"):
+        ibot_mask_indices(torch.zeros(2, 3, 4, dtype=torch.bool))
+    empty = ibot_mask_indices(torch.zeros(2, 3, dtype=torch.bool))
+    assert empty.n_masked == 0 and empty.weights.dtype == torch.float64
 
 
 def test_patch_center_update() -> None:

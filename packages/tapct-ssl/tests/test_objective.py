@@ -8,7 +8,13 @@ import attrs
 import pytest
 import torch
 from lightly.loss import DINOLoss as LightlyDINOLoss
-from tapct_ssl import LOSS_KEYS, DINOv2Objective, DINOv2ObjectiveConfig
+from tapct_ssl import (
+    LOSS_KEYS,
+    DINOv2Objective,
+    DINOv2ObjectiveConfig,
+    DINOv2Terms,
+    ibot_mask_indices,
+)
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -88,30 +94,30 @@ def test_terms_match_lightly_and_the_ibot_formula(tiny_backbone, batch_tools) ->
         _capture(objective.teacher["ibot_head"], t_patch),
         _capture(objective.student["ibot_head"], s_patch),
     ]
-    out = objective(batch, teacher_temp=0.05)
+    out = objective(*batch, teacher_temp=0.05)
     for h in hooks:
         h.remove()
-    assert set(out) == set(LOSS_KEYS)
+    assert [name for name, _ in out] == list(LOSS_KEYS) == list(DINOv2Terms.names())
 
     teacher_views = list(t_cls[0].chunk(2))  # crop order
     student_views = list(s_cls[0].chunk(10))  # 2 global then 8 local
     lightly_loss = LightlyDINOLoss(output_dim=K, student_temp=0.1, center_momentum=0.9)
     lightly_loss.center.copy_(objective.dino_loss.center.view(1, 1, K))
     expected = lightly_loss(teacher_views, student_views, teacher_temp=0.05)
-    dino = out["dino_local_crops_loss"] + out["dino_global_crops_loss"]
+    dino = out.dino_local_crops_loss + out.dino_global_crops_loss
     torch.testing.assert_close(dino, expected, rtol=1e-5, atol=1e-6)
 
     # iBOT by hand on the captured masked-token logits
-    masks = batch["collated_masks"]
+    masks = batch.masks
     center = objective.ibot_patch_loss.center
     targets = torch.softmax((t_patch[0] - center) / 0.05, dim=-1)
     ce = -(targets * torch.log_softmax(s_patch[0] / 0.1, dim=-1)).sum(-1)
     weights = 1.0 / masks.sum(-1, keepdim=True).clamp(min=1).expand_as(masks)[masks]
     expected_ibot = (ce * weights).sum() / masks.shape[0]
-    torch.testing.assert_close(out["ibot_loss"], expected_ibot, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.ibot_loss, expected_ibot, rtol=1e-5, atol=1e-6)
 
-    total = dino + out["ibot_loss"] + 0.1 * out["koleo_loss"]
-    torch.testing.assert_close(out["loss"].detach(), total)
+    total = dino + out.ibot_loss + 0.1 * out.koleo_loss
+    torch.testing.assert_close(out.loss.detach(), total)
 
 
 def test_one_step_on_tapct_vit3d(batch_tools) -> None:
@@ -132,10 +138,10 @@ def test_one_step_on_tapct_vit3d(batch_tools) -> None:
     student_before = copy.deepcopy(objective.student.state_dict())
     opt = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=1e-3)
 
-    out = objective(batch, teacher_temp=0.04)
-    assert all(torch.isfinite(v).all() for v in out.values())
-    assert out["ibot_loss"] > 0 and out["dino_local_crops_loss"] > 0
-    out["loss"].backward()
+    out = objective(*batch, teacher_temp=0.04)
+    assert all(torch.isfinite(v).all() for _, v in out)
+    assert out.ibot_loss > 0 and out.dino_local_crops_loss > 0
+    out.loss.backward()
     assert all(p.grad is not None for p in objective.student.parameters())
     opt.step()
     opt.zero_grad()
@@ -175,10 +181,10 @@ def test_gradient_accumulation_equals_one_batch(tiny_backbone, batch_tools) -> N
     opt_small = torch.optim.SGD([p for p in small.parameters() if p.requires_grad], lr=0.1)
     for step in range(2):
         g, locs, m = make_crops(4, n_local=8, seed=10 + step, dtype=torch.float64)
-        big(collate(g, locs, m), teacher_temp=0.04)["loss"].backward()
+        big(*collate(g, locs, m), teacher_temp=0.04).loss.backward()
         for i in range(4):
             micro = collate(_slice(g, i), _slice(locs, i), _slice(m, i))
-            (small(micro, teacher_temp=0.04)["loss"] / 4).backward()
+            (small(*micro, teacher_temp=0.04).loss / 4).backward()
         for (name, pb), ps in zip(big.student.named_parameters(), small.student.parameters()):
             torch.testing.assert_close(ps.grad, pb.grad, rtol=1e-9, atol=1e-12, msg=name)
         for obj, opt in ((big, opt_big), (small, opt_small)):
@@ -197,9 +203,9 @@ def test_no_masked_patch_keeps_every_parameter_in_the_graph(tiny_backbone, batch
     objective = DINOv2Objective(tiny_backbone(), SMALL)
     g, locs, m = make_crops(2, n_local=2)
     batch = collate(g, locs, [torch.zeros_like(x) for x in m])
-    out = objective(batch, teacher_temp=0.04)
-    assert out["ibot_loss"].item() == 0.0
-    out["loss"].backward()
+    out = objective(*batch, teacher_temp=0.04)
+    assert out.ibot_loss.item() == 0.0
+    out.loss.backward()
     missing = [n for n, p in objective.student.named_parameters() if p.grad is None]
     assert missing == []
     objective.update(0.99)  # iBOT center: no masked token anywhere -> unchanged
@@ -213,11 +219,11 @@ def test_ddp_wrapped_objective(tiny_backbone, batch_tools, gloo_group: None) -> 
     ddp = DistributedDataParallel(objective)  # find_unused_parameters=False
     g, locs, m = make_crops(2, n_local=8)
     batch = collate(g, locs, m)
-    out = ddp(batch, teacher_temp=0.04)
-    out["loss"].backward()
-    expected = reference(batch, teacher_temp=0.04)
-    expected["loss"].backward()
-    torch.testing.assert_close(out["loss"], expected["loss"])
+    out = ddp(*batch, teacher_temp=0.04)
+    out.loss.backward()
+    expected = reference(*batch, teacher_temp=0.04)
+    expected.loss.backward()
+    torch.testing.assert_close(out.loss, expected.loss)
     for (name, p), q in zip(objective.student.named_parameters(), reference.student.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
     ddp.module.update(0.9)  # centers all-reduced over the 1-process group
@@ -225,7 +231,7 @@ def test_ddp_wrapped_objective(tiny_backbone, batch_tools, gloo_group: None) -> 
     torch.testing.assert_close(objective.dino_loss.center, reference.dino_loss.center)
     # a step without any masked patch must not break DDP either
     batch = collate(g, locs, [torch.zeros_like(x) for x in m])
-    ddp(batch, teacher_temp=0.04)["loss"].backward()
+    ddp(*batch, teacher_temp=0.04).loss.backward()
 
 
 def test_sinkhorn_mode_and_bf16_autocast(tiny_backbone, batch_tools) -> None:
@@ -233,9 +239,9 @@ def test_sinkhorn_mode_and_bf16_autocast(tiny_backbone, batch_tools) -> None:
     objective = DINOv2Objective(tiny_backbone(), attrs.evolve(SMALL, centering="sinkhorn_knopp"))
     batch = collate(*make_crops(3, n_local=4))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = objective(batch, teacher_temp=0.04)
-    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out.values())
-    out["loss"].backward()
+        out = objective(*batch, teacher_temp=0.04)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for _, v in out)
+    out.loss.backward()
     objective.update(0.99)
     assert objective.dino_loss.center.abs().sum() == 0  # SK mode never moves the centers
 
@@ -257,28 +263,76 @@ def test_backbone_without_forward_features_list(tiny_backbone, batch_tools) -> N
     without.student["backbone"] = NoList(without.student["backbone"])
     without.teacher["backbone"] = NoList(without.teacher["backbone"])
     batch = collate(*make_crops(2, n_local=3))
-    a, b = with_list(batch, 0.04), without(batch, 0.04)
-    for key in LOSS_KEYS:
-        torch.testing.assert_close(a[key], b[key])
+    a, b = with_list(*batch, 0.04), without(*batch, 0.04)
+    for (name, x), (_, y) in zip(a, b):
+        torch.testing.assert_close(x, y, msg=name)
 
 
-def test_batch_validation(tiny_backbone, batch_tools) -> None:
+def test_input_validation_and_mask_index(tiny_backbone, batch_tools) -> None:
     collate, make_crops = batch_tools
     objective = DINOv2Objective(tiny_backbone(), SMALL)
-    batch = collate(*make_crops(2, n_local=2))
+    g, loc, m = collate(*make_crops(2, n_local=2))
     with pytest.raises(ValueError, match="teacher_temp"):
-        objective(batch, teacher_temp=0.0)
-    with pytest.raises(ValueError, match="collated_masks"):
-        objective({"collated_global_crops": batch["collated_global_crops"]}, 0.04)
-    bad = dict(batch, n_masked_patches=torch.tensor([10**6]))
-    with pytest.raises(ValueError, match="n_masked_patches"):
-        objective(bad, 0.04)
-    minimal = {
-        k: batch[k] for k in ("collated_global_crops", "collated_local_crops", "collated_masks")
+        objective(g, loc, m, teacher_temp=0.0)
+    with pytest.raises(ValueError, match="masks must be bool"):
+        objective(g, loc, m.float(), 0.04)
+    with pytest.raises(ValueError, match="global_crops has 3 crops"):
+        objective(g[:3], loc, m[:3], 0.04)
+    with pytest.raises(ValueError, match="mask_index is for 2 images"):
+        objective(g, loc, m, 0.04, mask_index=ibot_mask_indices(m[:2]))
+    derived = objective(g, loc, m, 0.04)  # indices and weights derived from the masks
+    given = objective(g, loc, m, 0.04, mask_index=ibot_mask_indices(m))  # from a worker
+    for (name, a), (_, b) in zip(derived, given):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_terms_record_is_frozen_and_iterable(tiny_backbone, batch_tools) -> None:
+    collate, make_crops = batch_tools
+    objective = DINOv2Objective(tiny_backbone(), SMALL)
+    out = objective(*collate(*make_crops(2, n_local=2)), 0.04)
+    assert isinstance(out, DINOv2Terms) and out.loss.requires_grad
+    assert list(out.as_dict()) == list(DINOv2Terms.names())
+    assert dict(out.items()).keys() == out.as_dict().keys()
+    assert not any(v.requires_grad for _, v in out.detached())
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        out.loss = out.koleo_loss  # type: ignore[misc]
+
+
+def test_accessors_checkpoint_state_and_clipping(tiny_backbone, batch_tools) -> None:
+    collate, make_crops = batch_tools
+    objective = DINOv2Objective(tiny_backbone(), SMALL)
+    assert objective.student_backbone is objective.student["backbone"]
+    assert objective.teacher_backbone is objective.teacher["backbone"]
+    objective(*collate(*make_crops(2, n_local=2)), 0.04).loss.backward()
+    grads = {n: p.grad.clone() for n, p in objective.student.named_parameters()}
+    norms = {
+        k: torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(p.grad) for p in part.parameters()])
+        )
+        for k, part in objective.student.items()
     }
-    full = objective(batch, 0.04)
-    derived = objective(minimal, 0.04)  # indices and weights derived from the masks
-    torch.testing.assert_close(full["ibot_loss"], derived["ibot_loss"])
+    limit = 0.5 * float(min(norms.values()))
+    norm = objective.clip_gradients(limit)
+    assert isinstance(norm, torch.Tensor) and norm.ndim == 0  # stays on the device
+    torch.testing.assert_close(norm, max(norms.values()))
+    for part in objective.student.values():  # each part clipped to the limit separately
+        clipped = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(p.grad) for p in part.parameters()])
+        )
+        torch.testing.assert_close(clipped, torch.tensor(limit), rtol=1e-4, atol=0)
+    assert any(not torch.equal(grads[n], p.grad) for n, p in objective.student.named_parameters())
+
+    objective.update(0.5)
+    state = objective.state_for_checkpoint()
+    assert set(state) == {"student", "teacher", "objective_state"}
+    assert "dino_loss.center" in state["objective_state"]
+    assert all(k.startswith(("backbone.", "dino_head.", "ibot_head.")) for k in state["teacher"])
+    other = DINOv2Objective(tiny_backbone(seed=5), SMALL)
+    other.load_checkpoint_state(state)
+    for (name, a), b in zip(objective.state_dict().items(), other.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    with pytest.raises(RuntimeError, match="Missing"):
+        other.load_checkpoint_state({**state, "objective_state": {}})
 
 
 def test_teacher_runs_without_drop_path_on_tapct_vit3d(batch_tools) -> None:
@@ -299,7 +353,7 @@ def test_teacher_runs_without_drop_path_on_tapct_vit3d(batch_tools) -> None:
         _capture(objective.student["dino_head"], student_out),
     ]
     for _ in range(2):
-        objective(batch, teacher_temp=0.04)
+        objective(*batch, teacher_temp=0.04)
     for h in hooks:
         h.remove()
     assert torch.equal(teacher_out[0], teacher_out[1])

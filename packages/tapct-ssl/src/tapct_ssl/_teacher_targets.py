@@ -14,6 +14,8 @@ micro-batch.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,18 +37,42 @@ def check_temperature(name: str, value: float) -> float:
     return float(value)
 
 
+def _all_reduce_logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``logsumexp`` along ``dim`` over this process' entries and every other process'.
+
+    A stable two-collective form: the all-reduced maximum, then the all-reduced sum of
+    ``exp(x - max)``. Empty local entries contribute nothing; a slot that is ``-inf``
+    everywhere gives ``-inf``.
+    """
+    if x.shape[dim] > 0:
+        top = x.amax(dim=dim, keepdim=True)
+    else:
+        shape = list(x.shape)
+        shape[dim] = 1
+        top = x.new_full(shape, float("-inf"))
+    top = all_reduce_max_(top.detach().clone())
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    total = all_reduce_sum_(torch.exp(x - top).sum(dim=dim, keepdim=True))
+    return torch.log(total) + top
+
+
 def sinkhorn_knopp(
     teacher_output: torch.Tensor, teacher_temp: float, n_iterations: int, n_samples: torch.Tensor
 ) -> torch.Tensor:
-    """Sinkhorn-Knopp targets over all processes (float32 or float64).
+    """Sinkhorn-Knopp targets over all processes, in the log domain (float32 or float64).
 
-    ``Q = exp(z / tau)^T`` (K x B) is scaled to sum 1, then ``n_iterations`` times its
-    rows are scaled to sum ``1 / K`` and its columns to sum ``1 / B``; finally ``Q * B``
-    so every sample's target sums to 1. Row sums and the total are all-reduced, so B
-    counts the samples of every process. For numerical safety the global maximum of
-    ``z / tau`` is subtracted before ``exp`` (the normalisation cancels any constant
-    factor, so the result is unchanged), and row sums are clamped at the smallest normal
-    float so an underflowed prototype gives zeros instead of NaN.
+    SwAV/DINOv2's algorithm: ``Q = exp(z / tau)^T`` (K x B) scaled to sum 1, then
+    ``n_iterations`` times its rows are scaled to sum ``1 / K`` and its columns to sum
+    ``1 / B``; finally ``Q * B`` so every sample's target sums to 1. Row sums are
+    all-reduced, so B counts the samples of every process (``n_samples`` all-reduced).
+
+    Every scaling is done on ``log Q`` with ``logsumexp``, so no entry underflows before
+    it is normalised: DINOv2's form (and this function before) subtracts one global
+    maximum before ``exp``, which zeroes every other sample's targets once logits differ
+    by more than about 88 tau in float32 (teacher temperature 0.04: a gap of 3.5;
+    dinov2#360). Where that form does not underflow the two are equal up to rounding
+    (the initial scaling to sum 1 is a constant that the first row scaling cancels, so it
+    is skipped). Collectives are guarded: none without ``torch.distributed``.
 
     Args:
         teacher_output: ``(B_local, K)`` teacher logits (``B_local`` may be 0).
@@ -58,19 +84,14 @@ def sinkhorn_knopp(
         ``(B_local, K)`` targets, each row summing to 1.
     """
     with autocast_disabled(teacher_output.device):
-        logits = at_least_float32(teacher_output) / teacher_temp
-        n_rows, n_prototypes = logits.shape
-        top = logits.amax() if n_rows > 0 else logits.new_tensor(float("-inf"))
-        top = all_reduce_max_(top.detach().clone())
-        total = all_reduce_sum_(n_samples.to(logits.dtype).clone())
-        q = torch.exp(logits - top).t()  # (K, B_local)
-        q = q / all_reduce_sum_(q.sum())
-        tiny = torch.finfo(q.dtype).tiny
+        log_q = (at_least_float32(teacher_output) / teacher_temp).t()  # (K, B_local)
+        n_prototypes = log_q.shape[0]
+        total = all_reduce_sum_(n_samples.to(log_q.dtype).clone())
+        log_k, log_b = math.log(n_prototypes), torch.log(total)
         for _ in range(n_iterations):
-            rows = all_reduce_sum_(q.sum(dim=1, keepdim=True))  # (K, 1)
-            q = q / rows.clamp_min(tiny) / n_prototypes
-            q = q / q.sum(dim=0, keepdim=True).clamp_min(tiny) / total
-        return (q * total).t()
+            log_q = log_q - (_all_reduce_logsumexp(log_q, dim=1) + log_k)  # rows: 1 / K
+            log_q = log_q - (torch.logsumexp(log_q, dim=0, keepdim=True) + log_b)  # cols: 1/B
+        return torch.exp(log_q + log_b).t()
 
 
 class TeacherTargets(nn.Module):
@@ -181,6 +202,3 @@ class TeacherTargets(nn.Module):
     def has_pending_update(self) -> bool:
         """Whether ``update_center`` was called since the last ``apply_center_update``."""
         return self._pending_sum is not None
-
-    def _student_log_softmax(self, student_output: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(at_least_float32(student_output) / self.student_temp, dim=-1)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 
 from tapct_ssl._teacher_targets import TeacherTargets, check_temperature, sinkhorn_knopp
+from tapct_ssl.cross_entropy import soft_cross_entropy
 
 
 class DINOLoss(TeacherTargets):
@@ -17,8 +18,12 @@ class DINOLoss(TeacherTargets):
 
     ``forward`` returns, as DINOv2 does, ``sum_{s, t} -mean_b sum_k t[b, k] log_softmax(s
     / student_temp)[b, k]`` over every (student, teacher) pair of the two lists: a sum of
-    batch-mean cross-entropies. Normalising by the number of pairs is the caller's job
-    (``DINOv2Objective`` divides by 18 for 2 global + 8 local crops).
+    batch-mean cross-entropies. It is computed with
+    :func:`~tapct_ssl.cross_entropy.soft_cross_entropy` (row chunks, no full float32
+    logits kept for backward), once per student view against the sum of the teacher
+    views (the cross-entropy is linear in the target). Normalising by the number of
+    pairs is the caller's job (``DINOv2Objective`` divides by 18 for 2 global + 8 local
+    crops).
 
     Center protocol: ``softmax_center_teacher`` reads the center, ``update_center``
     accumulates teacher logits, ``apply_center_update`` applies the EMA once per optimizer
@@ -93,6 +98,12 @@ class DINOLoss(TeacherTargets):
                 f"{len(student_output_list)} and {len(teacher_out_softmaxed_centered_list)}"
             )
         shape = tuple(teacher_out_softmaxed_centered_list[0].shape)
+        for t in teacher_out_softmaxed_centered_list:
+            if tuple(t.shape) != shape:
+                raise ValueError(f"teacher views differ in shape: {tuple(t.shape)} vs {shape}")
+        # the cross-entropy is linear in the target: one pass per student view with the
+        # sum of the teacher views (sum over pairs of the batch-mean cross-entropies)
+        teacher_sum = torch.stack(list(teacher_out_softmaxed_centered_list)).sum(dim=0)
         terms: list[torch.Tensor] = []
         for s in student_output_list:
             if tuple(s.shape) != shape or len(shape) != 2 or shape[-1] != self.out_dim:
@@ -100,9 +111,5 @@ class DINOLoss(TeacherTargets):
                     f"student view {tuple(s.shape)} and teacher view {shape} must both be "
                     f"(B, {self.out_dim})"
                 )
-            log_p = self._student_log_softmax(s)
-            for t in teacher_out_softmaxed_centered_list:
-                if tuple(t.shape) != shape:
-                    raise ValueError(f"teacher views differ in shape: {tuple(t.shape)} vs {shape}")
-                terms.append(-(t.to(log_p.dtype) * log_p).sum(dim=-1).mean())
+            terms.append(soft_cross_entropy(s, teacher_sum, self.student_temp).mean())
         return torch.stack(terms).sum()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 
 from tapct_ssl._teacher_targets import TeacherTargets, check_temperature, sinkhorn_knopp
+from tapct_ssl.cross_entropy import soft_cross_entropy
+from tapct_ssl.ibot_mask_index import ibot_mask_indices, iBOTMaskIndex
 
 
 class iBOTPatchLoss(TeacherTargets):
@@ -107,35 +109,34 @@ class iBOTPatchLoss(TeacherTargets):
                 f"student_masks_flat {tuple(student_masks_flat.shape)} must be (B, N) = "
                 f"{tuple(student_patch_tokens.shape[:2])}"
             )
-        log_p = self._student_log_softmax(student_patch_tokens)
-        per_token = (teacher_patch_tokens.to(log_p.dtype) * log_p).sum(dim=-1)  # (B, N)
-        masks = student_masks_flat.to(log_p.dtype)
+        b, n, k = student_patch_tokens.shape
+        per_token = soft_cross_entropy(
+            student_patch_tokens.reshape(b * n, k),
+            teacher_patch_tokens.reshape(b * n, k),
+            self.student_temp,
+        ).view(b, n)  # (B, N), cross-entropy (positive)
+        masks = student_masks_flat.to(per_token.dtype)
         per_image = (per_token * masks).sum(dim=-1) / masks.sum(dim=-1).clamp(min=1.0)  # (B,)
-        return -per_image.mean()
+        return per_image.mean()
 
     def forward_masked(
         self,
         student_patch_tokens_masked: torch.Tensor,
         teacher_patch_tokens_masked: torch.Tensor,
-        student_masks_flat: torch.Tensor,
-        n_masked_patches: int | None = None,
-        masks_weight: torch.Tensor | None = None,
+        mask_index: iBOTMaskIndex | torch.Tensor,
     ) -> torch.Tensor:
         """Sparse form: loss from the masked tokens only (what the objective uses).
 
         Args:
-            student_patch_tokens_masked: ``(M', K)`` student logits of masked tokens, in
-                the order of ``student_masks_flat.flatten().nonzero()``; ``M' >= M``
-                when padded to an upper bound.
-            teacher_patch_tokens_masked: ``(M', K)`` teacher targets for the same tokens.
-            student_masks_flat: ``(B, N)`` bool masks; ``B`` (all images, masked or not)
-                is the divisor.
-            n_masked_patches: M, the number of real rows (rows past it are padding).
-            masks_weight: ``(M,)`` per-token weights; default ``1 / (masked tokens of the
-                token's image)``.
+            student_patch_tokens_masked: ``(M, K)`` student logits of the masked tokens,
+                in the order of ``mask_index.indices``.
+            teacher_patch_tokens_masked: ``(M, K)`` teacher targets for the same tokens.
+            mask_index: the :class:`~tapct_ssl.iBOTMaskIndex` of the batch (weights
+                ``1 / masked tokens of the image`` and the number of images), or the
+                ``(2B, N)`` bool masks it is computed from (:func:`ibot_mask_indices`).
 
         Returns:
-            Scalar: ``-sum_i w_i sum_k t[i,k] log_softmax(s / student_temp)[i,k] / B``.
+            Scalar: ``-sum_i w_i sum_k t[i,k] log_softmax(s / student_temp)[i,k] / 2B``.
 
         Raises:
             ValueError: shapes that do not match.
@@ -149,22 +150,15 @@ class iBOTPatchLoss(TeacherTargets):
                 f"{tuple(teacher_patch_tokens_masked.shape)} masked tokens must both be "
                 f"(M, {self.out_dim})"
             )
-        if student_masks_flat.ndim != 2:
+        if isinstance(mask_index, torch.Tensor):
+            mask_index = ibot_mask_indices(mask_index)
+        if mask_index.n_masked != student_patch_tokens_masked.shape[0]:
             raise ValueError(
-                f"student_masks_flat must be (B, N), got {tuple(student_masks_flat.shape)}"
+                f"mask_index has {mask_index.n_masked} masked tokens for "
+                f"{student_patch_tokens_masked.shape[0]} rows of logits"
             )
-        log_p = self._student_log_softmax(student_patch_tokens_masked)
-        per_token = (teacher_patch_tokens_masked.to(log_p.dtype) * log_p).sum(dim=-1)  # (M',)
-        if masks_weight is None:
-            per_image = student_masks_flat.sum(dim=-1, keepdim=True).clamp(min=1)  # (B, 1)
-            per_image = per_image.to(per_token.dtype)
-            masks_weight = (1.0 / per_image).expand_as(student_masks_flat)[student_masks_flat]
-        if n_masked_patches is not None:
-            per_token = per_token[: int(n_masked_patches)]
-        if masks_weight.shape[0] != per_token.shape[0]:
-            raise ValueError(
-                f"masks_weight has {masks_weight.shape[0]} entries for {per_token.shape[0]} "
-                "masked tokens"
-            )
-        weighted = per_token * masks_weight.to(per_token.dtype)
-        return -weighted.sum() / student_masks_flat.shape[0]
+        per_token = soft_cross_entropy(
+            student_patch_tokens_masked, teacher_patch_tokens_masked, self.student_temp
+        )  # (M,)
+        weighted = per_token * mask_index.weights.to(per_token.dtype)
+        return weighted.sum() / mask_index.n_images

@@ -8,7 +8,7 @@ masks=None)`` returns DINOv2's keys works; nothing here knows about CT or a ViT.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -20,19 +20,11 @@ from tapct_ssl.dino_head import DINOHead
 from tapct_ssl.dino_loss import DINOLoss
 from tapct_ssl.ema import update_ema
 from tapct_ssl.ibot_loss import iBOTPatchLoss
+from tapct_ssl.ibot_mask_index import ibot_mask_indices, iBOTMaskIndex
 from tapct_ssl.koleo_loss import KoLeoLoss
 
 #: Teacher-target modes: DINO's centering (the paper's choice) or Sinkhorn-Knopp.
 CENTERING_MODES: tuple[str, ...] = ("centering", "sinkhorn_knopp")
-
-#: Keys of the dict returned by ``DINOv2Objective.forward``.
-LOSS_KEYS: tuple[str, ...] = (
-    "loss",
-    "dino_local_crops_loss",
-    "dino_global_crops_loss",
-    "koleo_loss",
-    "ibot_loss",
-)
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute, value: float) -> None:
@@ -95,6 +87,61 @@ class DINOv2ObjectiveConfig:
     n_global_crops: int = attrs.field(default=2, validator=_positive)
 
 
+@attrs.frozen
+class DINOv2Terms:
+    """The terms of one ``DINOv2Objective.forward``: a frozen record of scalar tensors.
+
+    ``loss`` (with its graph) is the weighted total that the step backpropagates; the
+    other fields are the unweighted terms, detached. Iterating yields ``(name, tensor)``
+    pairs in field order, so a logger writes every term without a list of names of its
+    own (a new term is a new field here and is logged everywhere at once).
+
+    Attributes:
+        loss: ``dino_w * (dino_local + dino_global) + ibot_w * ibot + koleo_w * koleo``.
+        dino_local_crops_loss: DINO term of the local-global pairs (normalised by the
+            number of pairs).
+        dino_global_crops_loss: DINO term of the global-global pairs.
+        koleo_loss: KoLeo term (summed over global crops).
+        ibot_loss: iBOT masked-token term.
+
+    Example:
+        >>> for name, value in terms:  # doctest: +SKIP
+        ...     log[name] = value
+    """
+
+    loss: torch.Tensor
+    dino_local_crops_loss: torch.Tensor
+    dino_global_crops_loss: torch.Tensor
+    koleo_loss: torch.Tensor
+    ibot_loss: torch.Tensor
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The field names, ``loss`` first (the one list of term names)."""
+        return tuple(f.name for f in attrs.fields(cls))
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``(name, tensor)`` for every field, in order."""
+        for name in self.names():
+            yield name, getattr(self, name)
+
+    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Same as iterating the record (``dict``-like spelling)."""
+        return iter(self)
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """``{name: tensor}`` of every field."""
+        return dict(self)
+
+    def detached(self) -> DINOv2Terms:
+        """The record with ``loss`` detached too (for logging or accumulation)."""
+        return DINOv2Terms(**{k: v.detach() for k, v in self})
+
+
+#: Names of the terms, ``loss`` first: ``DINOv2Terms.names()`` (kept for old imports).
+LOSS_KEYS: tuple[str, ...] = DINOv2Terms.names()
+
+
 def dino_crop_terms(
     dino_loss: DINOLoss,
     student_global_views: Sequence[torch.Tensor],
@@ -152,7 +199,7 @@ class DINOv2Objective(nn.Module):
 
     1. Teacher (``torch.no_grad``, eval mode, so drop path is off): backbone on the
        unmasked global crops; DINO head on the cls tokens, iBOT head only on the patch
-       tokens the student will see masked (``mask_indices_list``). Targets by centering
+       tokens the student will see masked (``mask_index.indices``). Targets by centering
        (``softmax((z - c) / teacher_temp)``) or Sinkhorn-Knopp, in float32. In training
        mode the teacher logits are recorded for the next center update.
     2. Student: backbone on the masked global crops and on the local crops, in one
@@ -165,7 +212,7 @@ class DINOv2Objective(nn.Module):
          the same view, divided by the number of pairs (``dino_crop_terms``; 18 for
          2 + 8 crops). Teacher views are the global crops only; student global crop A is
          matched with teacher crop B (DINOv2's swap).
-       * iBOT: ``iBOTPatchLoss.forward_masked`` with the batch's ``masks_weight``.
+       * iBOT: ``iBOTPatchLoss.forward_masked`` with the batch's ``iBOTMaskIndex``.
          With no masked patch it is 0, computed as ``0 * ibot_head(...)`` so the head
          stays in the graph (DDP needs every trainable parameter used).
        * KoLeo on the student backbone cls tokens, per global crop, summed over the
@@ -280,57 +327,124 @@ class DINOv2Objective(nn.Module):
         self.teacher.eval()
         return self
 
-    # ----------------------------------------------------------------- batch parsing
-    def _parse_batch(
-        self, batch: Mapping[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
-        if "collated_global_crops" not in batch or "collated_masks" not in batch:
-            raise ValueError(
-                "batch needs 'collated_global_crops' and 'collated_masks', got keys "
-                f"{sorted(batch)}"
-            )
-        global_crops = batch["collated_global_crops"]
+    # ------------------------------------------------------------------ accessors
+    @property
+    def student_backbone(self) -> nn.Module:
+        """The student backbone (trained by the optimizer)."""
+        return self.student["backbone"]
+
+    @property
+    def teacher_backbone(self) -> nn.Module:
+        """The EMA teacher backbone (what is exported after pretraining)."""
+        return self.teacher["backbone"]
+
+    def student_parameters(self) -> Iterator[nn.Parameter]:
+        """The student's parameters (backbone and both heads): what the optimizer trains."""
+        return self.student.parameters()
+
+    @torch.no_grad()
+    def clip_gradients(self, max_norm: float | None) -> torch.Tensor:
+        """Clip each student part's gradient norm separately, as DINOv2, without a sync.
+
+        DINOv2 (``SSLMetaArch`` / train.py) clips the backbone, the DINO head and the iBOT
+        head each to ``max_norm``. The norms stay on the device (no ``float()``), so a
+        caller can check them for NaN/inf at its next host fetch.
+
+        Args:
+            max_norm: the largest gradient norm per part (paper: 3.0); ``None`` or
+                ``inf`` measures without clipping.
+
+        Returns:
+            0-d float32 tensor on the parameters' device: the largest pre-clip norm of the
+            three parts (0 when no gradient exists); NaN/inf when a gradient is not finite.
+        """
+        limit = float("inf") if max_norm is None else float(max_norm)
+        norms = []
+        for part in self.student.values():
+            grads = [p for p in part.parameters() if p.grad is not None]
+            if grads:
+                norms.append(torch.nn.utils.clip_grad_norm_(grads, limit, foreach=True).float())
+        if not norms:
+            first = next(self.student.parameters())
+            return torch.zeros((), device=first.device)
+        return torch.stack(norms).amax()
+
+    def state_for_checkpoint(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The objective's state as plain tensors, split by role.
+
+        Returns:
+            ``{"student": ..., "teacher": ..., "objective_state": ...}``: the student's and
+            the teacher's state dicts (keys ``backbone.*``, ``dino_head.*``,
+            ``ibot_head.*``) and the rest (the DINO and iBOT centers). Loadable with
+            ``torch.load(..., weights_only=True)``; read back by
+            :meth:`load_checkpoint_state`.
+        """
+        rest = {
+            k: v for k, v in self.state_dict().items() if not k.startswith(("student.", "teacher."))
+        }
+        return {
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "objective_state": rest,
+        }
+
+    def load_checkpoint_state(self, state: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+        """Restore what :meth:`state_for_checkpoint` returned (strict: every key must match).
+
+        Args:
+            state: a mapping with ``student``, ``teacher`` and (optionally)
+                ``objective_state``; other keys are ignored.
+
+        Raises:
+            KeyError: ``student`` or ``teacher`` is missing.
+            RuntimeError: missing or unexpected parameter keys (PyTorch's message).
+        """
+        full = {f"student.{k}": v for k, v in state["student"].items()}
+        full.update({f"teacher.{k}": v for k, v in state["teacher"].items()})
+        full.update(state.get("objective_state", {}))
+        self.load_state_dict(full, strict=True)
+
+    # ------------------------------------------------------------------ inputs
+    def _check_inputs(
+        self,
+        global_crops: torch.Tensor,
+        local_crops: torch.Tensor | None,
+        masks: torch.Tensor,
+        mask_index: iBOTMaskIndex | None,
+    ) -> tuple[torch.Tensor | None, iBOTMaskIndex]:
         n_g = self.config.n_global_crops
         if global_crops.shape[0] == 0 or global_crops.shape[0] % n_g:
             raise ValueError(
-                f"collated_global_crops has {global_crops.shape[0]} crops, not a positive "
-                f"multiple of n_global_crops={n_g}"
+                f"global_crops has {global_crops.shape[0]} crops, not a positive multiple of "
+                f"n_global_crops={n_g}"
             )
         n_images = global_crops.shape[0] // n_g
-        local_crops = batch.get("collated_local_crops")
         if local_crops is not None and local_crops.shape[0] == 0:
             local_crops = None
         if local_crops is not None and local_crops.shape[0] % n_images:
             raise ValueError(
-                f"collated_local_crops has {local_crops.shape[0]} crops, not a multiple of "
-                f"the batch size {n_images}"
+                f"local_crops has {local_crops.shape[0]} crops, not a multiple of the batch "
+                f"size {n_images}"
             )
-        masks = batch["collated_masks"].bool()
-        if masks.ndim != 2 or masks.shape[0] != global_crops.shape[0]:
+        if masks.dtype != torch.bool or masks.ndim != 2 or masks.shape[0] != global_crops.shape[0]:
             raise ValueError(
-                f"collated_masks must be ({global_crops.shape[0]}, N), got {tuple(masks.shape)}"
+                f"masks must be bool ({global_crops.shape[0]}, N), got {masks.dtype} "
+                f"{tuple(masks.shape)}"
             )
-        mask_indices = batch.get("mask_indices_list")
-        if mask_indices is None:
-            mask_indices = masks.flatten().nonzero().flatten()
-        mask_indices = mask_indices.to(device=masks.device, dtype=torch.long)
-        if "n_masked_patches" in batch:
-            declared = int(torch.as_tensor(batch["n_masked_patches"]).reshape(-1)[0])
-            if declared != mask_indices.numel():
-                raise ValueError(
-                    f"n_masked_patches={declared} but mask_indices_list has "
-                    f"{mask_indices.numel()} entries"
-                )
-        masks_weight = batch.get("masks_weight")
-        if masks_weight is None:
-            per_image = masks.sum(dim=-1, keepdim=True).clamp(min=1)  # (n_g B, 1)
-            masks_weight = (1.0 / per_image).expand_as(masks).flatten()[mask_indices]
-        if masks_weight.shape != mask_indices.shape:
+        if mask_index is None:
+            mask_index = ibot_mask_indices(masks)
+        elif mask_index.n_images != masks.shape[0] or (
+            mask_index.weights.shape != mask_index.indices.shape
+        ):
             raise ValueError(
-                f"masks_weight {tuple(masks_weight.shape)} does not match mask_indices_list "
-                f"{tuple(mask_indices.shape)}"
+                f"mask_index is for {mask_index.n_images} images with "
+                f"{tuple(mask_index.indices.shape)} indices and "
+                f"{tuple(mask_index.weights.shape)} weights; masks has {masks.shape[0]} images"
             )
-        return global_crops, local_crops, masks, mask_indices, masks_weight
+        device = masks.device
+        if mask_index.indices.device != device:
+            mask_index = mask_index.to(device, non_blocking=True)
+        return local_crops, mask_index
 
     # ----------------------------------------------------------------------- teacher
     @torch.no_grad()
@@ -387,32 +501,39 @@ class DINOv2Objective(nn.Module):
         )
 
     def forward(
-        self, batch: Mapping[str, torch.Tensor], teacher_temp: float
-    ) -> dict[str, torch.Tensor]:
+        self,
+        global_crops: torch.Tensor,
+        local_crops: torch.Tensor | None,
+        masks: torch.Tensor,
+        teacher_temp: float,
+        *,
+        mask_index: iBOTMaskIndex | None = None,
+    ) -> DINOv2Terms:
         """Compute the DINOv2 losses of one (micro-)batch.
 
         Args:
-            batch: DINOv2 ``collate_data_and_cast`` keys:
-                ``collated_global_crops (n_g B, C, ...)`` crop-major (every image's crop 0,
-                then every image's crop 1), ``collated_local_crops (n_l B, C, ...)``
-                crop-major (optional), ``collated_masks (n_g B, N) bool``,
-                ``mask_indices_list (M,) long`` (flat indices into ``n_g B * N``; derived
-                from the masks if absent), ``masks_weight (M,) float`` (default
-                ``1 / masked tokens of the image``), ``n_masked_patches (1,)`` (checked
-                if present), ``upperbound`` (ignored: shapes are dynamic here).
+            global_crops: ``(n_g B, C, D, H, W)`` crop-major (every image's crop 0, then
+                every image's crop 1), as DINOv2's collate.
+            local_crops: ``(n_l B, C, d, h, w)`` crop-major, or None / empty.
+            masks: ``(n_g B, N)`` bool iBOT masks of the global crops (True = the student
+                sees the mask token).
             teacher_temp: teacher temperature for this iteration (> 0).
+            mask_index: the masks' :func:`~tapct_ssl.ibot_mask_indices`, computed where
+                the masks were drawn (DataLoader worker) so the step needs no
+                ``nonzero`` (a device sync); computed here when None. Moved to the
+                masks' device if needed.
 
         Returns:
-            ``{"loss", "dino_local_crops_loss", "dino_global_crops_loss", "koleo_loss",
-            "ibot_loss"}``: ``loss`` (scalar, with graph) is the weighted total; the
-            others are the unweighted terms, detached.
+            The :class:`DINOv2Terms`: ``loss`` (scalar, with graph) is the weighted
+            total; the others are the unweighted terms, detached.
 
         Raises:
-            ValueError: missing keys, inconsistent shapes or ``teacher_temp <= 0``.
+            ValueError: inconsistent shapes or ``teacher_temp <= 0``.
         """
         if not float(teacher_temp) > 0:
             raise ValueError(f"teacher_temp must be > 0, got {teacher_temp}")
-        global_crops, local_crops, masks, mask_indices, masks_weight = self._parse_batch(batch)
+        local_crops, mask_index = self._check_inputs(global_crops, local_crops, masks, mask_index)
+        mask_indices = mask_index.indices
         n_g = self.config.n_global_crops
         n_images = global_crops.shape[0] // n_g
         n_local = 0 if local_crops is None else local_crops.shape[0] // n_images
@@ -427,13 +548,13 @@ class DINOv2Objective(nn.Module):
         patch_tokens = global_out["x_norm_patchtokens"]  # (n_g B, N, E)
         if patch_tokens.shape[1] != masks.shape[1]:
             raise ValueError(
-                f"collated_masks has {masks.shape[1]} tokens per crop, the backbone "
-                f"returned {patch_tokens.shape[1]} patch tokens"
+                f"masks has {masks.shape[1]} tokens per crop, the backbone returned "
+                f"{patch_tokens.shape[1]} patch tokens"
             )
         cls_tokens = global_cls
         if local_out is not None:
             cls_tokens = torch.cat([global_cls, local_out["x_norm_clstoken"]])  # ((n_g+n_l) B, E)
-        n_masked = mask_indices.numel()
+        n_masked = mask_index.n_masked
         with record_function("tapct_ssl.student.heads"):
             dino_logits = self.student["dino_head"](cls_tokens)  # ((n_g+n_l) B, K)
             if n_masked > 0:
@@ -452,13 +573,7 @@ class DINOv2Objective(nn.Module):
                 teacher_views,
             )
             if n_masked > 0:
-                ibot = self.ibot_patch_loss.forward_masked(
-                    ibot_logits,
-                    ibot_targets,
-                    masks,
-                    n_masked_patches=n_masked,
-                    masks_weight=masks_weight,
-                )
+                ibot = self.ibot_patch_loss.forward_masked(ibot_logits, ibot_targets, mask_index)
             else:
                 ibot = ibot_logits.float().sum() * 0.0
             koleo = torch.stack([self.koleo_loss(c) for c in global_cls.chunk(n_g)]).sum()
@@ -469,13 +584,13 @@ class DINOv2Objective(nn.Module):
             + cfg.ibot_loss_weight * ibot
             + cfg.koleo_loss_weight * koleo
         )
-        return {
-            "loss": loss,
-            "dino_local_crops_loss": dino_local.detach(),
-            "dino_global_crops_loss": dino_global.detach(),
-            "koleo_loss": koleo.detach(),
-            "ibot_loss": ibot.detach(),
-        }
+        return DINOv2Terms(
+            loss=loss,
+            dino_local_crops_loss=dino_local.detach(),
+            dino_global_crops_loss=dino_global.detach(),
+            koleo_loss=koleo.detach(),
+            ibot_loss=ibot.detach(),
+        )
 
     @torch.no_grad()
     def update(self, momentum: float) -> None:

@@ -9,7 +9,13 @@ from __future__ import annotations
 import math
 
 import attrs
+import torch
+from torch import nn
 
+from tapct_ssl.param_groups import IS_LAST_LAYER as _LAST_LAYER
+from tapct_ssl.param_groups import LR_MULTIPLIER as _LR_MULT
+from tapct_ssl.param_groups import WD_MULTIPLIER as _WD_MULT
+from tapct_ssl.param_groups import get_params_groups
 from tapct_ssl.scheduler import CosineScheduler
 
 
@@ -124,6 +130,96 @@ class Schedules:
     def is_last_layer_frozen(self, it: int) -> bool:
         """Whether groups with ``is_last_layer`` get lr 0 at iteration ``it``."""
         return it < self.freeze_last_layer_iters
+
+    def at(self, it: int) -> ScheduleValues:
+        """Every scheduled value at iteration ``it`` (past the end: the final values)."""
+        return ScheduleValues(
+            lr=self.lr[it],
+            weight_decay=self.weight_decay[it],
+            momentum=self.momentum[it],
+            teacher_temp=self.teacher_temp[it],
+            last_layer_frozen=self.is_last_layer_frozen(it),
+        )
+
+
+@attrs.frozen
+class ScheduleValues:
+    """The schedules' values at one iteration (what the step and the logger read).
+
+    Attributes:
+        lr: base learning rate (before the per-group multipliers).
+        weight_decay: base weight decay (before the per-group multipliers).
+        momentum: teacher EMA momentum for ``objective.update``.
+        teacher_temp: teacher temperature for ``objective.forward``.
+        last_layer_frozen: whether the heads' prototypes get lr 0 this iteration.
+    """
+
+    lr: float
+    weight_decay: float
+    momentum: float
+    teacher_temp: float
+    last_layer_frozen: bool
+
+
+def apply_schedules(
+    optimizer: torch.optim.Optimizer, schedules: Schedules, iteration: int
+) -> ScheduleValues:
+    """Set every param group's lr and weight decay for ``iteration``; return the values.
+
+    Each group built by :func:`~tapct_ssl.get_params_groups` (or :func:`build_optimizer`)
+    carries ``lr_multiplier``, ``wd_multiplier`` and ``is_last_layer``:
+    ``lr = lr(it) * lr_multiplier`` (0 for ``is_last_layer`` groups while the last layer
+    is frozen) and ``weight_decay = wd(it) * wd_multiplier``. Groups without the keys
+    use multiplier 1 and are never frozen. Python floats only: no device work.
+
+    Args:
+        optimizer: an optimizer over those groups.
+        schedules: the run's :class:`Schedules`.
+        iteration: the optimizer step about to be taken (0-based).
+
+    Returns:
+        ``schedules.at(iteration)``.
+    """
+    values = schedules.at(iteration)
+    for group in optimizer.param_groups:
+        frozen = values.last_layer_frozen and bool(group.get(_LAST_LAYER, False))
+        group["lr"] = 0.0 if frozen else values.lr * group.get(_LR_MULT, 1.0)
+        group["weight_decay"] = values.weight_decay * group.get(_WD_MULT, 1.0)
+    return values
+
+
+def build_optimizer(
+    objective: nn.Module, optim_config: OptimConfig, device: torch.device | str | None = None
+) -> torch.optim.AdamW:
+    """AdamW over the student's parameter groups (layer-wise decay, no-decay sets).
+
+    The groups come from :func:`~tapct_ssl.get_params_groups` on ``objective.student``
+    (any module with trainable parameters works when it has no ``student``); lr and
+    weight decay are set per step by :func:`apply_schedules`. On CUDA the fused kernel
+    is used (one launch for all parameters; it also skips the step on the device when
+    a gradient scaler reports ``found_inf``); elsewhere the foreach one.
+
+    Args:
+        objective: a ``DINOv2Objective`` (or any module).
+        optim_config: betas and the layer-wise decay settings.
+        device: where the parameters live; default the first parameter's device.
+
+    Returns:
+        The ``torch.optim.AdamW``.
+    """
+    target = getattr(objective, "student", objective)
+    if device is None:
+        first = next(target.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    groups = get_params_groups(
+        target,
+        layerwise_decay=optim_config.layerwise_decay,
+        patch_embed_lr_mult=optim_config.patch_embed_lr_mult,
+    )
+    betas = (optim_config.adamw_beta1, optim_config.adamw_beta2)
+    if torch.device(device).type == "cuda":
+        return torch.optim.AdamW(groups, betas=betas, fused=True)
+    return torch.optim.AdamW(groups, betas=betas, foreach=True)
 
 
 def _rescale(iters: int, config_total: int, total: int) -> int:

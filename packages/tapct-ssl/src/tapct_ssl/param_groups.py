@@ -16,6 +16,11 @@ from tapct_ssl._names import strip_wrapper_prefixes
 #: Name components of embedding parameters: layer 0 and no weight decay.
 TOKEN_NAMES: frozenset[str] = frozenset({"cls_token", "register_tokens", "mask_token", "pos_embed"})
 
+#: Keys of each param group read by ``apply_schedules`` (the one place they are named).
+LR_MULTIPLIER = "lr_multiplier"
+WD_MULTIPLIER = "wd_multiplier"
+IS_LAST_LAYER = "is_last_layer"
+
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.(?:(\d+)\.)?")
 
 
@@ -79,9 +84,10 @@ def get_params_groups(
     Returns:
         A list of dicts with keys ``params`` (list of tensors), ``lr_multiplier``,
         ``wd_multiplier``, ``is_last_layer``, ``name`` (a readable group id) and
-        ``param_names`` (bare names, for debugging), ordered by first appearance. The
-        caller sets ``lr = lr * lr_multiplier * (0 if is_last_layer and frozen else 1)``
-        and ``weight_decay = wd * wd_multiplier`` every step.
+        ``param_names`` (bare names, for debugging), ordered by first appearance.
+        :func:`~tapct_ssl.apply_schedules` sets
+        ``lr = lr * lr_multiplier * (0 if is_last_layer and frozen else 1)`` and
+        ``weight_decay = wd * wd_multiplier`` every step.
 
     Raises:
         ValueError: ``layerwise_decay`` outside (0, 1] or ``patch_embed_lr_mult <= 0``.
@@ -104,9 +110,9 @@ def get_params_groups(
         if key not in groups:
             groups[key] = {
                 "params": [],
-                "lr_multiplier": lr_mult,
-                "wd_multiplier": wd_mult,
-                "is_last_layer": last,
+                LR_MULTIPLIER: lr_mult,
+                WD_MULTIPLIER: wd_mult,
+                IS_LAST_LAYER: last,
                 "name": f"lr_mult={lr_mult:.6g}_wd_mult={wd_mult:g}_last_layer={last}",
                 "param_names": [],
             }

@@ -10,8 +10,11 @@ Public API:
   safetensors + JSON weights, DINOv2-style checkpoints (released TAP-CT weights).
 - :func:`inflate_2d_state_dict`, :func:`inflate_patch_kernel`: start from 2D DINOv2/timm.
 - :class:`PatchEmbed3d`, :func:`patch_grid`, :class:`Block`: building blocks.
+- :func:`activation_bytes_per_sample`, :func:`saved_tensor_bytes`: activation memory kept
+  for backward (CPU, no compute), for any preset and crops.
 """
 
+from .activation_memory import activation_bytes_per_sample, saved_tensor_bytes
 from .block import Block
 from .hub import (
     KNOWN_RELEASES,
@@ -31,6 +34,7 @@ __all__ = [
     "Block",
     "PatchEmbed3d",
     "VisionTransformer3d",
+    "activation_bytes_per_sample",
     "convert_dinov2_checkpoint",
     "create_model",
     "inflate_2d_state_dict",
@@ -41,4 +45,5 @@ __all__ = [
     "preset_config",
     "resample_pos_embed",
     "save_pretrained",
+    "saved_tensor_bytes",
 ]

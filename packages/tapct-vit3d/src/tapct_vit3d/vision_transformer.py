@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
@@ -96,8 +97,12 @@ class VisionTransformer3d(nn.Module):
         self.img_size = as_triple(img_size, "img_size")
         self.patch_size = as_triple(patch_size, "patch_size")
         self.grid_size = patch_grid(self.img_size, self.patch_size)
-        for name, value in (("in_chans", in_chans), ("embed_dim", embed_dim), ("depth", depth),
-                            ("num_heads", num_heads)):
+        for name, value in (
+            ("in_chans", in_chans),
+            ("embed_dim", embed_dim),
+            ("depth", depth),
+            ("num_heads", num_heads),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if embed_dim % num_heads:
@@ -112,13 +117,20 @@ class VisionTransformer3d(nn.Module):
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
 
         self.config: dict[str, Any] = {
-            "img_size": list(self.img_size), "patch_size": list(self.patch_size),
-            "in_chans": in_chans, "embed_dim": embed_dim, "depth": depth,
-            "num_heads": num_heads, "mlp_ratio": float(mlp_ratio),
+            "img_size": list(self.img_size),
+            "patch_size": list(self.patch_size),
+            "in_chans": in_chans,
+            "embed_dim": embed_dim,
+            "depth": depth,
+            "num_heads": num_heads,
+            "mlp_ratio": float(mlp_ratio),
             "num_register_tokens": num_register_tokens,
             "layerscale_init": None if not layerscale_init else float(layerscale_init),
-            "drop_path_rate": float(drop_path_rate), "drop_path_uniform": bool(drop_path_uniform),
-            "qkv_bias": bool(qkv_bias), "proj_bias": bool(proj_bias), "ffn_bias": bool(ffn_bias),
+            "drop_path_rate": float(drop_path_rate),
+            "drop_path_uniform": bool(drop_path_uniform),
+            "qkv_bias": bool(qkv_bias),
+            "proj_bias": bool(proj_bias),
+            "ffn_bias": bool(ffn_bias),
             "norm_eps": float(norm_eps),
         }
         self.in_chans = in_chans
@@ -134,7 +146,8 @@ class VisionTransformer3d(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n_patches, embed_dim))
         self.register_tokens = (
             nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim))
-            if num_register_tokens else None
+            if num_register_tokens
+            else None
         )
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
         if drop_path_uniform:
@@ -142,14 +155,23 @@ class VisionTransformer3d(nn.Module):
         else:
             rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, layerscale_init=layerscale_init,
-                  drop_path=rate, norm_eps=norm_eps, qkv_bias=qkv_bias, proj_bias=proj_bias,
-                  ffn_bias=ffn_bias)
+            Block(
+                embed_dim,
+                num_heads,
+                mlp_ratio=mlp_ratio,
+                layerscale_init=layerscale_init,
+                drop_path=rate,
+                norm_eps=norm_eps,
+                qkv_bias=qkv_bias,
+                proj_bias=proj_bias,
+                ffn_bias=ffn_bias,
+            )
             for rate in rates
         )
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head = nn.Identity()
         self._pos_cache: tuple[tuple[Any, ...], torch.Tensor] | None = None
+        self._grad_checkpointing_every = 0
         self.reset_parameters()
 
     # ------------------------------------------------------------------ init
@@ -264,13 +286,18 @@ class VisionTransformer3d(nn.Module):
         parts.append(tokens + pos[:, 1:])
         return torch.cat(parts, dim=1), grid
 
-    def _split(self, x_norm: torch.Tensor, x_prenorm: torch.Tensor, masks: torch.Tensor | None,
-               grid: tuple[int, int, int]) -> dict[str, Any]:
+    def _split(
+        self,
+        x_norm: torch.Tensor,
+        x_prenorm: torch.Tensor,
+        masks: torch.Tensor | None,
+        grid: tuple[int, int, int],
+    ) -> dict[str, Any]:
         R = self.num_register_tokens
         return {
             "x_norm_clstoken": x_norm[:, 0],
-            "x_norm_regtokens": x_norm[:, 1:R + 1],
-            "x_norm_patchtokens": x_norm[:, R + 1:],
+            "x_norm_regtokens": x_norm[:, 1 : R + 1],
+            "x_norm_patchtokens": x_norm[:, R + 1 :],
             "x_prenorm": x_prenorm,
             "masks": masks,
             "grid_size": grid,
@@ -307,12 +334,72 @@ class VisionTransformer3d(nn.Module):
             return self.forward_features_list(x, masks_list, generator=generator)  # type: ignore[arg-type]
         return self._forward_single(x, masks, generator)  # type: ignore[arg-type]
 
-    def _forward_single(self, x: torch.Tensor, masks: torch.Tensor | None,
-                        generator: torch.Generator | None) -> dict[str, Any]:
+    def _forward_single(
+        self, x: torch.Tensor, masks: torch.Tensor | None, generator: torch.Generator | None
+    ) -> dict[str, Any]:
         tokens, grid = self.prepare_tokens_with_masks(x, masks)
-        for blk in self.blocks:
-            tokens = blk(tokens, generator)
+        for i, blk in enumerate(self.blocks):
+            tokens = self._run_block(i, blk, tokens, generator)
         return self._split(self.norm(tokens), tokens, masks, grid)
+
+    def _run_block(
+        self, index: int, blk: nn.Module, tokens: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """One block; drop-path draws made here, outside any checkpoint or compiled code."""
+        inner: Any = getattr(blk, "_orig_mod", blk)  # a compiled block's module
+        drop = inner.sample_drop_path(tokens, generator)
+        if self._checkpointed(index) and torch.is_grad_enabled():
+            # the draws are inputs of the checkpointed call: the recomputation in backward
+            # drops exactly the samples the forward dropped
+            out: torch.Tensor = torch.utils.checkpoint.checkpoint(
+                blk, tokens, None, drop, use_reentrant=False
+            )
+            return out
+        return blk(tokens, None, drop)
+
+    def _checkpointed(self, index: int) -> bool:
+        every = self._grad_checkpointing_every
+        return every > 0 and index % every == 0
+
+    def set_grad_checkpointing(self, enable: bool = True, every: int = 1) -> None:
+        """Recompute block activations in backward instead of keeping them (as timm).
+
+        Uses non-reentrant ``torch.utils.checkpoint``: a checkpointed block keeps only its
+        input tokens (and its drop-path draws, which are made before the call and passed
+        in, so the recomputation drops the same samples). Applies in training and
+        evaluation whenever autograd is recording.
+
+        Args:
+            enable: Turn checkpointing on or off.
+            every: Checkpoint blocks ``0, every, 2 * every, ...`` (1: every block, the
+                least memory; 2: every other block, half the recomputation).
+
+        Raises:
+            ValueError: If ``every < 1``.
+        """
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an int >= 1, got {every!r}")
+        self._grad_checkpointing_every = every if enable else 0
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        """Whether :meth:`set_grad_checkpointing` is on."""
+        return self._grad_checkpointing_every > 0
+
+    def compile_blocks(self, **compile_kwargs: Any) -> None:
+        """``torch.compile`` every block in place (``nn.Module.compile``).
+
+        Only the blocks are compiled: the token preparation (variable grids, masks) and
+        the drop-path draws stay eager, so each crop size gives one graph per block shape
+        and no random op is traced. Works with :meth:`set_grad_checkpointing`. Parameter
+        names and the state dict do not change.
+
+        Args:
+            **compile_kwargs: Passed to ``torch.compile`` (e.g. ``backend="inductor"``,
+                ``mode="max-autotune-no-cudagraphs"``, ``dynamic=False``).
+        """
+        for blk in self.blocks:
+            blk.compile(**compile_kwargs)
 
     def forward_features_list(
         self,
@@ -342,15 +429,16 @@ class VisionTransformer3d(nn.Module):
             raise ValueError(f"got {len(xs)} inputs but {len(masks_list)} masks")
         prepared = [self.prepare_tokens_with_masks(x, m) for x, m in zip(xs, masks_list)]
         tokens = [t for t, _ in prepared]
-        for blk in self.blocks:
-            tokens = [blk(t, generator) for t in tokens]
+        for i, blk in enumerate(self.blocks):
+            tokens = [self._run_block(i, blk, t, generator) for t in tokens]
         return [
             self._split(self.norm(t), t, m, grid)
             for t, m, (_, grid) in zip(tokens, masks_list, prepared)
         ]
 
-    def forward(self, x: torch.Tensor, masks: torch.Tensor | None = None, *,
-                is_training: bool = False) -> torch.Tensor | dict[str, Any]:
+    def forward(
+        self, x: torch.Tensor, masks: torch.Tensor | None = None, *, is_training: bool = False
+    ) -> torch.Tensor | dict[str, Any]:
         """Return the normalised cls token ``(B, E)`` (DINOv2 with ``is_training=False``).
 
         Args:
@@ -409,7 +497,7 @@ class VisionTransformer3d(nn.Module):
         if norm:
             outputs = [self.norm(o) for o in outputs]
         cls = [o[:, 0] for o in outputs]
-        patches = [o[:, self.num_prefix_tokens:] for o in outputs]
+        patches = [o[:, self.num_prefix_tokens :] for o in outputs]
         if reshape:
             t, h, w = grid
             patches = [rearrange(p, "b (t h w) e -> b e t h w", t=t, h=h, w=w) for p in patches]

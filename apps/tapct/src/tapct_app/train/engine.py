@@ -573,15 +573,19 @@ def _run(
                     sync = ddp.no_sync()
                 with sync:
                     with _autocast(device, config.precision):
-                        out = model(batch, teacher_temp=values["teacher_temp"])
-                    loss = out["loss"]
+                        out = model(
+                            batch["collated_global_crops"],
+                            batch.get("collated_local_crops"),
+                            batch["collated_masks"].bool(),
+                            values["teacher_temp"],
+                        )
+                    loss = out.loss
                     loss_value = float(loss.detach())
                     finite = finite and math.isfinite(loss_value)
                     (loss / accum).backward()
                 sums["loss"] += loss_value / accum
                 for k in LOSS_TERMS:
-                    if k in out:
-                        sums[k] += float(out[k].detach()) / accum
+                    sums[k] += float(getattr(out, k).detach()) / accum
             grad_norm = _grad_norm_and_clip(objective, optim_config.clip_grad)
             finite = finite and math.isfinite(grad_norm)
             if any_true(not finite, device):
