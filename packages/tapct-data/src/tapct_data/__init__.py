@@ -9,6 +9,13 @@ from .collate import collate_crops, collate_data_and_cast
 from .crops import CropParams, RandomResizedCrop3d, resized_crop3d
 from .dataset import PretrainSlabDataset
 from .errors import DicomGeometryWarning, LabelMapError, NotCTError, NotCTWarning
+from .fingerprint import (
+    Fingerprint,
+    ForegroundStats,
+    body_mask,
+    compute_fingerprint,
+    compute_foreground_stats,
+)
 from .formats import (
     AIR_HU,
     FORMATS,
@@ -38,7 +45,7 @@ from .intensity import (
 from .io import read_label, read_volume, write_volume
 from .masking import MaskingGenerator3d
 from .multicrop import MultiCropAugmentation, MultiCropParams
-from .normalize import ClipNormalize, ForegroundStats, compute_foreground_stats
+from .normalize import ClipNormalize, NormalizeConfig
 from .resize import resample_to_spacing, resize_for_eval
 from .store import ZarrVolumeStore, build_zarr_store
 from .volume import Volume
@@ -50,6 +57,7 @@ __all__ = [
     "ClipNormalize",
     "CropParams",
     "DicomGeometryWarning",
+    "Fingerprint",
     "ForegroundStats",
     "GammaParams",
     "ImageFormat",
@@ -58,6 +66,7 @@ __all__ = [
     "MaskingGenerator3d",
     "MultiCropAugmentation",
     "MultiCropParams",
+    "NormalizeConfig",
     "NotCTError",
     "NotCTWarning",
     "PretrainSlabDataset",
@@ -69,9 +78,11 @@ __all__ = [
     "Volume",
     "ZarrVolumeStore",
     "adjust_gamma",
+    "body_mask",
     "build_zarr_store",
     "collate_crops",
     "collate_data_and_cast",
+    "compute_fingerprint",
     "compute_foreground_stats",
     "expand_inputs",
     "format_listing",
