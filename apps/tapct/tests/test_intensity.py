@@ -29,7 +29,11 @@ def test_intensity_stats_flow_into_the_dataset_and_the_exported_model(
     stats = tmp_path / "stats.json"
     stats.write_text(json.dumps({"normalize": CUSTOM.to_dict(), "n_scans": 2}))
     cfg = resolve_pretrain_config(
-        "demo", [str(phantom_store)], iterations=2, device="cpu", overrides=TINY,
+        "demo",
+        [str(phantom_store)],
+        iterations=2,
+        device="cpu",
+        overrides=TINY,
         intensity_stats=stats,
     )
     assert cfg.data.normalize == CUSTOM
@@ -62,8 +66,20 @@ def test_intensity_stats_flow_into_the_dataset_and_the_exported_model(
 
 
 def _embed(scan, model_dir, out, *extra) -> tuple[torch.Tensor, dict]:
-    rc = main(["embed", str(scan), "--model", str(model_dir), "-o", str(out), "--no-pca",
-               "--device", "cpu", *extra])
+    rc = main(
+        [
+            "embed",
+            str(scan),
+            "--model",
+            str(model_dir),
+            "-o",
+            str(out),
+            "--no-pca",
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
     assert rc == 0
     manifest = json.loads((out / "manifest.json").read_text())
     features = load_file(str(out / manifest["scans"][0]["file"]))["patch_features"]
@@ -87,8 +103,9 @@ def test_embed_uses_the_models_own_statistics(shared_data, tmp_path, capsys):
     assert not torch.allclose(f_paper, f_custom)  # other statistics, other embedding
     override = tmp_path / "override.json"
     override.write_text(json.dumps(NormalizeConfig().to_dict()))
-    f_override, m_override = _embed(scan, custom, tmp_path / "e3", "--intensity-stats",
-                                    str(override))
+    f_override, m_override = _embed(
+        scan, custom, tmp_path / "e3", "--intensity-stats", str(override)
+    )
     assert m_override["normalization"] == NormalizeConfig().to_dict()
     assert torch.equal(f_override, f_paper)
 
