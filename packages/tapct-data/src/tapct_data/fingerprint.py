@@ -209,9 +209,9 @@ def _scan_stats(
     elif isinstance(item, torch.Tensor):
         volume = Volume(item.reshape(1, *item.shape[-3:]), (1.0, 1.0, 1.0), np.eye(4))
     else:
-        if reader is None:
-            from .io import read_volume as reader
-        volume = reader(item)
+        from .io import read_volume
+
+        volume = (reader or read_volume)(item)
     x = volume.data.detach().cpu().float().numpy()[0]  # (D, H, W) HU
     mask = body_mask(x, threshold)
     fg = x[mask]
@@ -332,8 +332,8 @@ def compute_fingerprint(
             futures = [pool.submit(_scan_stats, *a) for a in args]
             try:
                 for a, future in zip(args, futures, strict=True):
-                    exc = future.exception()
-                    collect(a[0], exc if exc is not None else future.result())
+                    error = future.exception()
+                    collect(a[0], error if error is not None else future.result())
             except BaseException:
                 for f in futures:
                     f.cancel()
