@@ -243,8 +243,11 @@ def _summary(rows: Sequence[Sequence[float]]) -> dict[str, list[float]]:
 
 
 def _mp_context() -> Any:
-    # spawn: forking a process that already runs torch's thread pools can deadlock.
-    return multiprocessing.get_context("spawn")
+    # fork where the platform has it (as torch's DataLoader): a spawned worker re-imports
+    # torch (seconds each), which cost more than small scans take (measured in
+    # benchmarks/bench_fingerprint.py); the workers run numpy/scipy only.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
 def compute_fingerprint(
