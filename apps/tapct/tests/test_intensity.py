@@ -82,8 +82,9 @@ def _embed(scan, model_dir, out, *extra) -> tuple[torch.Tensor, dict]:
     )
     assert rc == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    features = load_file(str(out / manifest["scans"][0]["file"]))["patch_features"]
-    return features, manifest
+    scan_entry = manifest["scans"][0]
+    features = load_file(str(out / scan_entry["file"]))["patch_features"]
+    return features, manifest["settings"][scan_entry["settings_id"]]  # the scan's settings
 
 
 def test_embed_uses_the_models_own_statistics(shared_data, tmp_path, capsys):

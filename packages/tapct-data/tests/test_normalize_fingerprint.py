@@ -116,8 +116,8 @@ def test_fingerprint_is_seeded_and_independent_of_workers(shared_data, tmp_path)
     one = compute_fingerprint(sources, samples_per_scan=2000, seed=3)
     two = compute_fingerprint(sources, samples_per_scan=2000, seed=3, workers=2)
     assert one.to_dict() == two.to_dict()
-    assert one.n_scans == 2 and [p for p, _ in one.skipped] == [str(bad)]
-    assert str(bad) in one.skipped[0][1] or "fake" in one.skipped[0][1]
+    assert one.n_scans == 2 and [s.path for s in one.skipped] == [str(bad)]
+    assert "fake.nii.gz" in one.skipped[0].reason
     other = compute_fingerprint(sources, samples_per_scan=2000, seed=4)
     assert other.foreground.mean == one.foreground.mean  # exact, not sampled
     assert other.foreground.n_samples == one.foreground.n_samples
@@ -130,7 +130,7 @@ def test_fingerprint_skips_scans_without_foreground_and_fails_on_none():
     air = torch.full((1, 4, 16, 16), -1024.0)
     body = make_phantom((8, 32, 32), seed=1)[0]
     fp = compute_fingerprint([air, body], samples_per_scan=100)
-    assert fp.n_scans == 1 and "no foreground" in fp.skipped[0][1]
+    assert fp.n_scans == 1 and "no foreground" in fp.skipped[0].reason
     with pytest.raises(ValueError, match=r"no foreground voxel in any of the 2 scan") as info:
         compute_fingerprint([air, air], samples_per_scan=100)
     assert "\n" not in str(info.value)

@@ -40,36 +40,6 @@ def preprocess_command(inputs: Sequence[Path], output: Path, console: Any) -> Pa
     return Path(store)
 
 
-def _read_fingerprint_source(item: str | tuple[str, str]) -> Any:
-    """Read one fingerprint source in a worker: a scan path, or ``(store, name)``."""
-    from tapct_data import ZarrVolumeStore, read_volume
-
-    if isinstance(item, tuple):
-        store, name = item
-        try:
-            return ZarrVolumeStore(store).read(name)
-        except Exception as exc:
-            raise ValueError(f"{store}:{name}: {one_line(exc)}") from exc
-    return read_volume(item)
-
-
-def _fingerprint_sources(inputs: Sequence[Path]) -> list[str | tuple[str, str]]:
-    """Scan files / DICOM folders as paths, zarr stores as ``(store, name)`` per scan."""
-    from tapct_app.train.data import is_zarr_store
-
-    sources: list[str | tuple[str, str]] = []
-    for path in inputs:
-        if is_zarr_store(path):
-            from tapct_data import ZarrVolumeStore
-
-            with user_errors_from(path):
-                names = list(ZarrVolumeStore(path).names)
-            sources += [(str(path), name) for name in names]
-        else:
-            sources.append(str(path))
-    return sources
-
-
 def default_workers() -> int:
     """The cores this process may use (``os.sched_getaffinity``, else ``os.cpu_count``)."""
     import os
@@ -99,7 +69,8 @@ def fingerprint_command(
     spacing and shape statistics and the skipped scans with their reasons.
 
     Args:
-        inputs: Scan files, DICOM folders or zarr stores.
+        inputs: Scan files, folders (walked, DICOM grouped into series), zarr stores,
+            ``.txt``/``.csv`` lists (``tapct_data.expand_inputs``).
         output: Optional JSON file for the result.
         console: A rich console.
         workers: Processes (default: the available cores).
@@ -114,8 +85,9 @@ def fingerprint_command(
         UserError: A missing input, a bad option, no foreground in any scan, or (with
             ``stop``) the first bad scan.
     """
+    import attrs
     from rich.markup import escape
-    from tapct_data import compute_fingerprint
+    from tapct_data import compute_fingerprint, expand_inputs
 
     from tapct_app.scans import check_inputs_exist
 
@@ -127,21 +99,27 @@ def fingerprint_command(
         raise UserError(f"--workers {n_workers}: must be >= 1")
     if samples_per_scan < 1:
         raise UserError(f"--samples-per-scan {samples_per_scan}: must be >= 1")
-    # TODO(inputs): tapct_data.expand_inputs + read_scan once they land on main.
-    sources = _fingerprint_sources(inputs)
-    if not sources:
-        raise UserError("no scans found in the inputs")
+    try:
+        listing = expand_inputs(inputs)
+    except ValueError as exc:
+        raise UserError(one_line(exc)) from exc
+    if on_error == "stop" and listing.skipped:
+        bad = listing.skipped[0]
+        raise UserError(f"{bad.path}: {bad.reason}")
+    if not listing.scans:
+        why = f" (first: {listing.skipped[0].reason})" if listing.skipped else ""
+        raise UserError(f"no scans found in the inputs{why}")
     try:
         fp = compute_fingerprint(
-            sources,
+            listing.scans,
             samples_per_scan=samples_per_scan,
             seed=seed,
             workers=n_workers,
             on_error=on_error,
-            reader=_read_fingerprint_source,
         )
     except ValueError as exc:
         raise UserError(one_line(exc)) from exc
+    fp = attrs.evolve(fp, skipped=(*listing.skipped, *fp.skipped))
     fg, norm = fp.foreground, fp.normalize
     console.print(
         f"fingerprint of {fp.n_scans} scan(s), {fg.n_voxels:,} body voxels "
@@ -152,7 +130,7 @@ def fingerprint_command(
         markup=False,
     )
     if fp.skipped:
-        first = escape(fp.skipped[0][1])
+        first = escape(fp.skipped[0].reason)
         console.print(f"[yellow]{len(fp.skipped)} scan(s) skipped[/] (first: {first})")
     if output is not None:
         fp.save_json(output)

@@ -27,6 +27,7 @@ import attrs
 import numpy as np
 import torch
 
+from .inputs import ScanSource, Skipped
 from .normalize import NormalizeConfig
 from .volume import Volume
 
@@ -138,8 +139,8 @@ class Fingerprint:
             scans' ``(sd, sh, sw)`` spacing in mm, each a 3-list.
         shape: The same statistics of the scans' ``(D, H, W)`` shapes in voxels.
         n_scans: Scans that contributed.
-        skipped: ``(source, reason)`` of every scan left out (unreadable, not CT, no
-            foreground), reasons in the words of the exception.
+        skipped: `Skipped` ``(path, reason)`` of every scan left out (unreadable, not CT,
+            no foreground), reasons in the words of the exception.
         settings: How it was computed (``samples_per_scan``, ``seed``, ``threshold_hu``,
             ``foreground``).
     """
@@ -148,7 +149,7 @@ class Fingerprint:
     spacing: dict[str, list[float]]
     shape: dict[str, list[float]]
     n_scans: int
-    skipped: tuple[tuple[str, str], ...] = ()
+    skipped: tuple[Skipped, ...] = ()
     settings: dict[str, Any] = attrs.field(factory=dict)
 
     @property
@@ -166,7 +167,7 @@ class Fingerprint:
             "shape_voxels": self.shape,
             "n_scans": self.n_scans,
             "n_voxels": self.foreground.n_voxels,
-            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "skipped": [s.to_dict() for s in self.skipped],
             "settings": dict(self.settings),
         }
 
@@ -208,10 +209,16 @@ def _scan_stats(
         volume = item
     elif isinstance(item, torch.Tensor):
         volume = Volume(item.reshape(1, *item.shape[-3:]), (1.0, 1.0, 1.0), np.eye(4))
+    elif reader is not None:
+        volume = reader(item)
+    elif isinstance(item, ScanSource):
+        from .inputs import read_scan
+
+        volume = read_scan(item)
     else:
         from .io import read_volume
 
-        volume = (reader or read_volume)(item)
+        volume = read_volume(item)
     x = volume.data.detach().cpu().float().numpy()[0]  # (D, H, W) HU
     mask = body_mask(x, threshold)
     fg = x[mask]
@@ -273,9 +280,9 @@ def compute_fingerprint(
     ``max_samples // n_sources`` for large datasets; nnU-Net does the same with its 10^8).
 
     Args:
-        sources: `Volume` objects, ``(D, H, W)``/``(1, D, H, W)`` HU tensors (spacing
-            1 mm), or items ``reader`` reads (paths; ``tapct_data.inputs.ScanSource`` with
-            ``reader=read_scan``).
+        sources: `ScanSource` records (``expand_inputs(...).scans``, read with
+            `read_scan`), paths (`read_volume`), `Volume` objects, ``(D, H, W)`` /
+            ``(1, D, H, W)`` HU tensors (spacing 1 mm), or items ``reader`` reads.
         samples_per_scan: Foreground voxels sampled per scan (nnU-Net: 10,000).
         max_samples: Bound on all samples together (memory: 4 bytes each).
         seed: Seed of the sampling.
@@ -285,7 +292,7 @@ def compute_fingerprint(
             and listed in ``Fingerprint.skipped`` with the exception's text;
             ``"stop"``: the first such error (in source order) is raised.
         threshold: Body threshold in HU (:func:`body_mask`).
-        reader: ``item -> Volume``; default `tapct_data.read_volume`.
+        reader: ``item -> Volume``; default `read_scan` / `read_volume` by type.
         progress: Called with ``(done, total)`` after each scan.
 
     Returns:
@@ -311,13 +318,13 @@ def compute_fingerprint(
     args = [(item, i, reader, seed, per_scan, threshold) for i, item in enumerate(items)]
 
     results: list[_ScanStats] = []
-    skipped: list[tuple[str, str]] = []
+    skipped: list[Skipped] = []
 
     def collect(item: Any, outcome: _ScanStats | BaseException) -> None:
         if isinstance(outcome, BaseException):
             if on_error == "stop":
                 raise outcome
-            skipped.append((_describe(item), str(outcome) or type(outcome).__name__))
+            skipped.append(Skipped(_describe(item), str(outcome) or type(outcome).__name__))
         else:
             results.append(outcome)
         if progress is not None:
@@ -343,7 +350,7 @@ def compute_fingerprint(
                 raise
 
     if not results:
-        first = skipped[0][1] if skipped else "?"
+        first = skipped[0].reason if skipped else "?"
         raise ValueError(
             f"no foreground voxel in any of the {len(items)} scan(s) ({len(skipped)} skipped; "
             f"first: {first})"
