@@ -80,9 +80,17 @@ def test_task_errors_name_file_and_key(seg_task, tmp_path, change, key):
         load_task(bad)
 
 
+# The paper's statistics (TAP-CT Appendix B), as the app passes them from NormalizeConfig.
+PAPER_STATS = (-1008.0, 822.0, -86.8086, 322.6347)
+
+
 def test_run_benchmark_segmentation(seg_task, tmp_path, local_backbone):
     out = tmp_path / "out"
-    res = run_benchmark(seg_task, local_backbone, out, seeds=(0, 1), model_name="local")
+    with pytest.raises(ValueError, match="intensity"):
+        run_benchmark(seg_task, local_backbone, out, seeds=(0,))
+    res = run_benchmark(
+        seg_task, local_backbone, out, seeds=(0, 1), model_name="local", intensity=PAPER_STATS
+    )
     assert res.metric == "dice" and len(res.per_seed) == 2
     assert res.summary.mean > 0.8
     assert set(res.per_class) == {"box"}
@@ -94,7 +102,9 @@ def test_run_benchmark_segmentation(seg_task, tmp_path, local_backbone):
     cached = sorted((out / "features" / "local" / "box").glob("*.pt"))
     assert [p.stem for p in cached] == ["a", "b", "c"]
     # a second run reuses the cache (same features, same results)
-    again = run_benchmark(seg_task, local_backbone, out, seeds=(0, 1), model_name="local")
+    again = run_benchmark(
+        seg_task, local_backbone, out, seeds=(0, 1), model_name="local", intensity=PAPER_STATS
+    )
     assert again.per_seed == res.per_seed
 
 

@@ -137,3 +137,25 @@ def test_hub_id_offline_fails_clearly(tmp_path, monkeypatch):
 def test_missing_path_raises():
     with pytest.raises(FileNotFoundError):
         load_pretrained("./no/such/folder")
+
+
+def test_metadata_is_stored_in_config_json_and_read_back(tmp_path):
+    model = _randomised(create_model("tap_nano_3d", img_size=(8, 32, 32)))
+    meta = {"normalize": {"lower": -1000.0, "upper": 900.0, "mean": -50.0, "std": 300.0}}
+    folder = model.save_pretrained(tmp_path / "m", metadata=meta)
+    config = json.loads((folder / "config.json").read_text())
+    assert config[tapct_vit3d.METADATA_KEY] == meta and config["embed_dim"] == 48
+    assert tapct_vit3d.read_model_metadata(folder) == meta
+    assert tapct_vit3d.read_model_metadata(folder / "model.safetensors") == meta
+    loaded = VisionTransformer3d.from_pretrained(folder)  # the extra key is ignored
+    x = torch.randn(1, 1, 8, 32, 32)
+    assert torch.equal(loaded(x), model(x))
+    old = model.save_pretrained(tmp_path / "old")  # a model saved without metadata
+    assert tapct_vit3d.read_model_metadata(old) == {}
+    (old / "config.json").unlink()
+    assert tapct_vit3d.read_model_metadata(old) == {}
+    with pytest.raises(TypeError, match="JSON"):
+        model.save_pretrained(tmp_path / "bad", metadata={"x": object()})
+    (folder / "config.json").write_text("{broken")
+    with pytest.raises(ValueError, match=r"config\.json"):
+        tapct_vit3d.read_model_metadata(folder)

@@ -18,6 +18,7 @@ def benchmark_command(
     seeds: Sequence[int],
     device: str,
     console: Any,
+    intensity_stats: Path | None = None,
 ) -> Any:
     """Run a benchmark task file for one model; write results.json/.csv and figures.
 
@@ -29,6 +30,7 @@ def benchmark_command(
         seeds: Seeds, one head per seed (paper: 3).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         console: A rich console.
+        intensity_stats: ``--intensity-stats`` JSON overriding the model's statistics.
 
     Returns:
         The ``tapct_eval.BenchmarkResults``.
@@ -41,6 +43,7 @@ def benchmark_command(
     from tapct_eval import load_task, run_benchmark
 
     from tapct_app.backbone import load_backbone
+    from tapct_app.intensity import model_normalize
     from tapct_app.outputs import atomic_output_dir
     from tapct_app.readers import ScanLoaders
     from tapct_app.train.distributed import resolve_device
@@ -64,7 +67,7 @@ def benchmark_command(
             f"size {patch}"
         )
     output = output or Path("runs/benchmark") / task.name
-    loaders = ScanLoaders()
+    loaders = ScanLoaders(model_normalize(model, intensity_stats))
     model_name = Path(model).name if Path(model).exists() else str(model)
     with atomic_output_dir(output) as tmp:
         results = run_benchmark(

@@ -88,6 +88,14 @@ def _parse_triplet(text: str | None, option: str) -> tuple[int, int, int] | None
     return values  # type: ignore[return-value]
 
 
+#: ``--intensity-stats`` of the commands that normalise scans.
+_INTENSITY_HELP = (
+    "JSON with the clip window and mean/std in HU (a `tapct fingerprint` output, or "
+    "lower/upper/mean/std)."
+)
+_MODEL_INTENSITY_HELP = _INTENSITY_HELP + " Default: the statistics recorded with the model."
+
+
 # --------------------------------------------------------------------------- pretrain
 
 
@@ -133,6 +141,10 @@ def pretrain(
         list[str] | None,
         typer.Option("--set", help="Override any config value: section.key=value (repeatable)."),
     ] = None,
+    intensity_stats: Annotated[
+        Path | None,
+        typer.Option(help=_INTENSITY_HELP + " Sets data.normalize; default: the paper's."),
+    ] = None,
 ) -> None:
     """3D DINOv2 pretraining (paper Table 7). With no arguments: a short CPU demo on phantoms.
 
@@ -157,6 +169,7 @@ def pretrain(
         stop_after=stop_after,
         overrides=set_ or [],
         console=_console(),
+        intensity_stats=intensity_stats,
     )
 
 
@@ -210,6 +223,7 @@ def embed(
         str, typer.Option(help="skip (report in skipped.jsonl) or stop at the first bad scan.")
     ] = "skip",
     sw_batch_size: Annotated[int, typer.Option(help="Sliding windows per forward.")] = 4,
+    intensity_stats: Annotated[Path | None, typer.Option(help=_MODEL_INTENSITY_HELP)] = None,
 ) -> None:
     """Embed scans: dense patch features (E, t, h, w) and window cls tokens, plus a PCA picture.
 
@@ -232,6 +246,7 @@ def embed(
         workers=workers,
         on_error=on_error,
         sw_batch_size=sw_batch_size,
+        intensity_stats=intensity_stats,
     )
 
 
@@ -261,6 +276,7 @@ def benchmark(
     ] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds (paper: 0,1,2).")] = "0,1,2",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    intensity_stats: Annotated[Path | None, typer.Option(help=_MODEL_INTENSITY_HELP)] = None,
 ) -> None:
     """Frozen-feature benchmark (linear segmentation probe / ABMIL): tables, JSON/CSV, figures."""
     _runtime_policy()
@@ -270,7 +286,10 @@ def benchmark(
         seed_list = tuple(int(s) for s in seeds.split(","))
     except ValueError:
         raise UserError(f"--seeds {seeds!r}: expected comma-separated integers") from None
-    benchmark_command(task_file, model, output, seed_list, device, console=_console())
+    benchmark_command(
+        task_file, model, output, seed_list, device, console=_console(),
+        intensity_stats=intensity_stats,
+    )
 
 
 # --------------------------------------------------------------------------- data tools
@@ -291,15 +310,36 @@ def preprocess(
 @app.command()
 def fingerprint(
     inputs: Annotated[
-        list[Path], typer.Argument(help="Scan files, DICOM folders or a zarr store.")
+        list[Path],
+        typer.Argument(help="Scan files, folders (walked), zarr stores, .txt/.csv lists."),
     ],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="JSON file.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="JSON file (for --intensity-stats).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Processes reading scans (default: the available cores).")
+    ] = None,
+    on_error: Annotated[
+        str, typer.Option(help="skip (report bad scans and go on) or stop (at the first).")
+    ] = "skip",
+    samples_per_scan: Annotated[
+        int, typer.Option(help="Foreground voxels sampled per scan (nnU-Net: 10000).")
+    ] = 10_000,
+    seed: Annotated[int, typer.Option(help="Seed of the voxel sampling.")] = 0,
 ) -> None:
-    """Foreground intensity statistics (0.5/99.5 percentiles, mean, std) for ClipNormalize."""
+    """Dataset fingerprint (nnU-Net style): body-foreground clip window, mean, std; spacings."""
     _runtime_policy()
     from tapct_app.preprocess import fingerprint_command
 
-    fingerprint_command(inputs, output, console=_console())
+    fingerprint_command(
+        inputs,
+        output,
+        console=_console(),
+        workers=workers,
+        on_error=on_error,
+        samples_per_scan=samples_per_scan,
+        seed=seed,
+    )
 
 
 @app.command()
@@ -335,6 +375,7 @@ def retrieve(
     ] = None,
     roi: Annotated[str | None, typer.Option(help="Sliding-window size D,H,W.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    intensity_stats: Annotated[Path | None, typer.Option(help=_MODEL_INTENSITY_HELP)] = None,
 ) -> None:
     """Patch retrieval (paper section 4.4): find a lesion of one scan in a follow-up scan."""
     _runtime_policy()
@@ -351,6 +392,7 @@ def retrieve(
         roi=_parse_triplet(roi, "--roi"),
         device=device,
         console=_console(),
+        intensity_stats=intensity_stats,
     )
 
 

@@ -320,15 +320,20 @@ def _read_ahead(
 # --------------------------------------------------------------------------- settings
 
 
-def _model_normalization(model: str, backbone: Any) -> Any:
+def _model_normalization(model: str, backbone: Any, override: Path | None = None) -> Any:
     """The intensity normalisation the model expects: THE one place embed decides it.
 
     Returns:
-        A ``tapct_data.ClipNormalize`` (today the paper's statistics for every model).
+        A ``tapct_data.ClipNormalize`` with the model's own statistics (its
+        ``config.json``), or ``override`` (``--intensity-stats``) when given
+        (:func:`tapct_app.intensity.model_normalize`; the paper's, with a note, for a
+        preset or a model without them).
     """
     from tapct_data import ClipNormalize
 
-    return ClipNormalize()
+    from tapct_app.intensity import model_normalize
+
+    return ClipNormalize(model_normalize(model, override))
 
 
 def _air_pad_value(normalize: Any) -> float:
@@ -535,6 +540,7 @@ def embed_command(
     workers: int = 1,
     on_error: str = "skip",
     sw_batch_size: int = 4,
+    intensity_stats: Path | None = None,
 ) -> EmbedReport:
     """Run ``tapct embed`` (see the module docstring).
 
@@ -552,6 +558,7 @@ def embed_command(
         workers: Readers ahead of the model (1 = one thread, more = processes).
         on_error: ``"skip"`` (report in ``skipped.jsonl``) or ``"stop"`` at a bad scan.
         sw_batch_size: Windows per forward.
+        intensity_stats: ``--intensity-stats`` JSON overriding the model's statistics.
 
     Returns:
         The :class:`EmbedReport` (its :meth:`~EmbedReport.summary` is printed).
@@ -593,7 +600,7 @@ def embed_command(
         )
     from tapct_eval import extract_features
 
-    normalize = _model_normalization(model, backbone)
+    normalize = _model_normalization(model, backbone, intensity_stats)
     pad_value = _air_pad_value(normalize)
     settings: dict[str, Any] = {
         "model": str(model),

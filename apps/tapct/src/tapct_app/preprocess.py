@@ -1,15 +1,14 @@
-"""``tapct preprocess`` (scans -> zarr store) and ``tapct fingerprint`` (foreground stats)."""
+"""``tapct preprocess`` (scans -> zarr store) and ``tapct fingerprint`` (dataset statistics)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tapct_app.errors import UserError, user_errors_from
+from tapct_app.errors import UserError, one_line, user_errors_from
 
-__all__ = ["fingerprint_command", "preprocess_command"]
+__all__ = ["default_workers", "fingerprint_command", "preprocess_command"]
 
 
 def preprocess_command(inputs: Sequence[Path], output: Path, console: Any) -> Path:
@@ -41,43 +40,99 @@ def preprocess_command(inputs: Sequence[Path], output: Path, console: Any) -> Pa
     return Path(store)
 
 
-def fingerprint_command(inputs: Sequence[Path], output: Path | None, console: Any) -> Any:
-    """Compute the foreground intensity statistics used by ``ClipNormalize``.
+def default_workers() -> int:
+    """The cores this process may use (``os.sched_getaffinity``, else ``os.cpu_count``)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def fingerprint_command(
+    inputs: Sequence[Path],
+    output: Path | None,
+    console: Any,
+    *,
+    workers: int | None = None,
+    on_error: str = "skip",
+    samples_per_scan: int = 10_000,
+    seed: int = 0,
+) -> Any:
+    """Compute the dataset fingerprint (``tapct_data.compute_fingerprint``) of the inputs.
+
+    Foreground: the body mask (lungs included); ``samples_per_scan`` voxels per scan,
+    seeded; the scans are read by ``workers`` processes. The JSON written to ``output``
+    has a ``"normalize"`` object that ``tapct pretrain --intensity-stats`` (and
+    ``tapct_data.NormalizeConfig.from_json``) reads, plus the foreground intensity,
+    spacing and shape statistics and the skipped scans with their reasons.
 
     Args:
-        inputs: Scan files, DICOM folders or zarr stores.
+        inputs: Scan files, folders (walked, DICOM grouped into series), zarr stores,
+            ``.txt``/``.csv`` lists (``tapct_data.expand_inputs``).
         output: Optional JSON file for the result.
         console: A rich console.
+        workers: Processes (default: the available cores).
+        on_error: ``skip`` (leave bad scans out, list them) or ``stop`` (at the first).
+        samples_per_scan: Foreground voxels sampled per scan.
+        seed: Seed of the sampling.
 
     Returns:
-        The ``tapct_data.ForegroundStats``.
+        The ``tapct_data.Fingerprint``.
 
     Raises:
-        UserError: A missing or unreadable input.
+        UserError: A missing input, a bad option, no foreground in any scan, or (with
+            ``stop``) the first bad scan.
     """
-    from tapct_data import compute_foreground_stats
+    import attrs
+    from rich.markup import escape
+    from tapct_data import compute_fingerprint, expand_inputs
 
-    from tapct_app.scans import check_inputs_exist, iter_scans
+    from tapct_app.scans import check_inputs_exist
 
     check_inputs_exist(inputs)
-    volumes = [volume for _name, _source, volume in iter_scans(inputs)]
-    if not volumes:
-        raise UserError("no scans found in the inputs")
-    stats = compute_foreground_stats(volumes)
-    values = {
-        "lower": float(stats.lower),
-        "upper": float(stats.upper),
-        "mean": float(stats.mean),
-        "std": float(stats.std),
-        "n_voxels": int(stats.n_voxels),
-        "n_scans": len(volumes),
-    }
+    if on_error not in ("skip", "stop"):
+        raise UserError(f"--on-error {on_error!r}: expected skip or stop")
+    n_workers = default_workers() if workers is None else workers
+    if n_workers < 1:
+        raise UserError(f"--workers {n_workers}: must be >= 1")
+    if samples_per_scan < 1:
+        raise UserError(f"--samples-per-scan {samples_per_scan}: must be >= 1")
+    try:
+        listing = expand_inputs(inputs)
+    except ValueError as exc:
+        raise UserError(one_line(exc)) from exc
+    if on_error == "stop" and listing.skipped:
+        bad = listing.skipped[0]
+        raise UserError(f"{bad.path}: {bad.reason}")
+    if not listing.scans:
+        why = f" (first: {listing.skipped[0].reason})" if listing.skipped else ""
+        raise UserError(f"no scans found in the inputs{why}")
+    try:
+        fp = compute_fingerprint(
+            listing.scans,
+            samples_per_scan=samples_per_scan,
+            seed=seed,
+            workers=n_workers,
+            on_error=on_error,
+        )
+    except ValueError as exc:
+        raise UserError(one_line(exc)) from exc
+    fp = attrs.evolve(fp, skipped=(*listing.skipped, *fp.skipped))
+    fg, norm = fp.foreground, fp.normalize
     console.print(
-        f"foreground over {len(volumes)} scan(s), {values['n_voxels']:,} voxels: clip "
-        f"[{values['lower']:.1f}, {values['upper']:.1f}] HU, mean {values['mean']:.4f}, "
-        f"std {values['std']:.4f}  (paper: [-1008, 822], -86.8086, 322.6347)"
+        f"fingerprint of {fp.n_scans} scan(s), {fg.n_voxels:,} body voxels "
+        f"({fg.n_samples:,} sampled): clip [{norm.lower:.1f}, {norm.upper:.1f}] HU, "
+        f"mean {norm.mean:.4f}, std {norm.std:.4f}; median spacing "
+        f"{tuple(round(v, 3) for v in fp.spacing['median'])} mm, median shape "
+        f"{tuple(int(v) for v in fp.shape['median'])}",
+        markup=False,
     )
+    if fp.skipped:
+        first = escape(fp.skipped[0].reason)
+        console.print(f"[yellow]{len(fp.skipped)} scan(s) skipped[/] (first: {first})")
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(values, indent=2), encoding="utf-8")
-    return stats
+        fp.save_json(output)
+        console.print(f"wrote {escape(str(output))} (use: tapct pretrain --intensity-stats)")
+    return fp

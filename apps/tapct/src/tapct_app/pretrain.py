@@ -30,6 +30,7 @@ def resolve_pretrain_config(
     seed: int | None = None,
     device: str | None = None,
     overrides: Sequence[str] = (),
+    intensity_stats: str | Path | None = None,
 ) -> PretrainConfig:
     """Build the run config: shipped/explicit file <- CLI options <- ``--set`` overrides.
 
@@ -45,6 +46,8 @@ def resolve_pretrain_config(
         seed: ``--seed``.
         device: ``--device``.
         overrides: ``--set section.key=value`` strings.
+        intensity_stats: ``--intensity-stats`` JSON (a ``tapct fingerprint`` output);
+            sets ``data.normalize`` (``--set data.normalize.*`` still applies after it).
 
     Returns:
         The validated :class:`PretrainConfig`.
@@ -57,6 +60,11 @@ def resolve_pretrain_config(
     updates: dict[str, Any] = {}
     if data:
         updates["data"] = {"sources": list(data)}
+    if intensity_stats is not None:
+        from tapct_app.intensity import load_intensity_stats
+
+        stats = load_intensity_stats(intensity_stats).to_dict()
+        updates.setdefault("data", {})["normalize"] = stats
     if preset is not None:
         updates["model"] = {"name": preset}
     train = {}
@@ -140,6 +148,7 @@ def pretrain_command(
     stop_after: int | None,
     overrides: Sequence[str],
     console: Any,
+    intensity_stats: Path | None = None,
 ) -> None:
     """Run ``tapct pretrain`` (see the CLI help) and print a summary.
 
@@ -160,7 +169,7 @@ def pretrain_command(
     if stop_after is not None and stop_after < 1:
         raise UserError(f"--stop-after must be >= 1, got {stop_after}")
     cfg = resolve_pretrain_config(
-        config, data, preset, iterations, batch_size, seed, device, overrides
+        config, data, preset, iterations, batch_size, seed, device, overrides, intensity_stats
     )
     demo = not cfg.data.sources
     if output is None:
@@ -208,6 +217,7 @@ def export_command(checkpoint: Path, output: Path, which: str, console: Any) -> 
     Raises:
         UserError: If the checkpoint is missing or unreadable, or ``which`` is unknown.
     """
+    from tapct_app.intensity import model_metadata
     from tapct_app.outputs import atomic_output_dir
     from tapct_app.train.checkpoint import latest_checkpoint, load_checkpoint
     from tapct_app.train.engine import build_backbone
@@ -232,6 +242,6 @@ def export_command(checkpoint: Path, output: Path, which: str, console: Any) -> 
     weights = {k[len(prefix) :]: v for k, v in state[which].items() if k.startswith(prefix)}
     backbone.load_state_dict(weights, strict=True)
     with atomic_output_dir(output) as tmp:
-        backbone.save_pretrained(tmp)
+        backbone.save_pretrained(tmp, metadata=model_metadata(cfg.data.normalize))
     console.print(f"exported the {which} backbone of {path} (iteration {state['iteration']}) "
                   f"to {output}/")

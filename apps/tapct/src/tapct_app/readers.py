@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tapct_app.errors import user_errors_from
+
+if TYPE_CHECKING:
+    from tapct_data import NormalizeConfig
 
 __all__ = ["ScanLoaders"]
 
@@ -14,18 +17,19 @@ class ScanLoaders:
     """``load_image(path)`` and ``load_label(path, image_path)`` backed by ``tapct_data``.
 
     Images are read with ``tapct_data.read_volume`` (canonical LPS, axial first, HU) and
-    normalised with ``ClipNormalize`` (paper: clip [-1008, 822] HU, mean -86.8086,
-    std 322.6347). Labels are read with ``tapct_data.read_label`` resampled (nearest)
+    normalised with ``ClipNormalize(normalize)`` (the model's statistics,
+    :func:`tapct_app.intensity.model_normalize`; default the paper's). Labels are read
+    with ``tapct_data.read_label`` resampled (nearest)
     onto the image's grid, so a label stored in another orientation (e.g. LAS for a DICOM
     series) lines up. Read errors become one-line :class:`~tapct_app.errors.UserError`.
     The last image volume is cached so that a label read right after its image does not
     read the image twice.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, normalize: NormalizeConfig | None = None) -> None:
         from tapct_data import ClipNormalize
 
-        self.normalize = ClipNormalize()
+        self.normalize = ClipNormalize(normalize)
         self._last: tuple[str, Any] | None = None
 
     def volume(self, path: str | Path) -> Any:

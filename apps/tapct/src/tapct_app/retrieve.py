@@ -43,6 +43,7 @@ def retrieve_command(
     roi: tuple[int, int, int] | None,
     device: str,
     console: Any,
+    intensity_stats: Path | None = None,
 ) -> None:
     """Average the lesion's patch embeddings in one scan and rank the follow-up's patches.
 
@@ -61,6 +62,7 @@ def retrieve_command(
     )
 
     from tapct_app.backbone import load_backbone
+    from tapct_app.intensity import model_normalize
     from tapct_app.outputs import atomic_output_dir
     from tapct_app.readers import ScanLoaders
     from tapct_app.scans import check_inputs_exist
@@ -78,7 +80,7 @@ def retrieve_command(
     roi_size = tuple(roi) if roi is not None else tuple(int(s) for s in backbone.img_size)
     if any(r % p for r, p in zip(roi_size, patch, strict=True)):
         raise UserError(f"--roi {roi_size}: each axis must be a multiple of the patch size {patch}")
-    loaders = ScanLoaders()
+    loaders = ScanLoaders(model_normalize(model, intensity_stats))
     q_img = loaders.load_image(query_scan)
     q_lab = loaders.load_label(query_mask, query_scan)
     lesion = q_lab == label if label is not None else q_lab > 0

@@ -56,8 +56,15 @@ from .volume import Volume
 
 if TYPE_CHECKING:
     from .dataset import PretrainSlabDataset
+    from .fingerprint import (
+        Fingerprint,
+        ForegroundStats,
+        body_mask,
+        compute_fingerprint,
+        compute_foreground_stats,
+    )
     from .io import read_label, read_volume, write_volume
-    from .normalize import ClipNormalize, ForegroundStats, compute_foreground_stats
+    from .normalize import ClipNormalize, NormalizeConfig
     from .store import ZarrVolumeStore, build_zarr_store
 
 # Names whose modules need the heavy readers: imported on first access.
@@ -67,8 +74,12 @@ _LAZY = {
     "read_volume": "io",
     "write_volume": "io",
     "ClipNormalize": "normalize",
-    "ForegroundStats": "normalize",
-    "compute_foreground_stats": "normalize",
+    "NormalizeConfig": "normalize",
+    "Fingerprint": "fingerprint",
+    "ForegroundStats": "fingerprint",
+    "body_mask": "fingerprint",
+    "compute_fingerprint": "fingerprint",
+    "compute_foreground_stats": "fingerprint",
     "ZarrVolumeStore": "store",
     "build_zarr_store": "store",
 }
@@ -95,6 +106,7 @@ __all__ = [
     "CropBatch",
     "CropParams",
     "DicomGeometryWarning",
+    "Fingerprint",
     "ForegroundStats",
     "GammaParams",
     "ImageFormat",
@@ -106,6 +118,7 @@ __all__ = [
     "MultiCropConfig",
     "MultiCropParams",
     "MultiCrops",
+    "NormalizeConfig",
     "NotCTError",
     "NotCTWarning",
     "PretrainSlabDataset",
@@ -118,10 +131,12 @@ __all__ = [
     "Volume",
     "ZarrVolumeStore",
     "adjust_gamma",
+    "body_mask",
     "build_zarr_store",
     "collate_crops",
     "collate_data_and_cast",
     "collate_slabs",
+    "compute_fingerprint",
     "compute_foreground_stats",
     "expand_inputs",
     "format_listing",

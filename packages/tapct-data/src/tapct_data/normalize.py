@@ -1,39 +1,155 @@
-"""Clipping and z-normalisation with dataset foreground statistics (nnU-Net style)."""
+"""Clipping and z-normalisation with dataset foreground statistics (nnU-Net style).
+
+:class:`NormalizeConfig` is the one place of the paper's statistics (TAP-CT Appendix B,
+DESIGN.md section 1); every other component takes a config (or reads one written by
+:func:`tapct_data.compute_fingerprint` with :meth:`NormalizeConfig.from_json`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import math
+from collections.abc import Mapping
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import attrs
-import numpy as np
 import torch
 import torchio as tio
 
 from .volume import Volume
 
-__all__ = ["ClipNormalize", "ForegroundStats", "compute_foreground_stats"]
+__all__ = ["ClipNormalize", "NormalizeConfig"]
+
+_FIELDS = ("lower", "upper", "mean", "std")
+
+
+@attrs.frozen
+class NormalizeConfig:
+    """Clip window and z-normalisation statistics in HU (nnU-Net v2 ``CTNormalization``).
+
+    The defaults are the paper's dataset statistics (TAP-CT Appendix B): the foreground
+    0.5 and 99.5 percentiles as the clip window, and the foreground mean and standard
+    deviation. They are the only copy of these numbers in the project.
+
+    Attributes:
+        lower: Lower clip in HU (paper: -1008).
+        upper: Upper clip in HU (paper: 822).
+        mean: Foreground mean in HU (paper: -86.8086).
+        std: Foreground standard deviation in HU (paper: 322.6347), > 0.
+
+    Raises:
+        ValueError: A value that is not finite, ``lower >= upper`` or ``std <= 0``.
+    """
+
+    lower: float = attrs.field(default=-1008.0, converter=float)
+    upper: float = attrs.field(default=822.0, converter=float)
+    mean: float = attrs.field(default=-86.8086, converter=float)
+    std: float = attrs.field(default=322.6347, converter=float)
+
+    def __attrs_post_init__(self) -> None:
+        bad = [f"{k}={getattr(self, k)}" for k in _FIELDS if not math.isfinite(getattr(self, k))]
+        if bad:
+            raise ValueError(f"intensity statistics must be finite, got {', '.join(bad)}")
+        if not self.lower < self.upper:
+            raise ValueError(f"lower ({self.lower}) must be below upper ({self.upper})")
+        if not self.std > 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+
+    def to_dict(self) -> dict[str, float]:
+        """``{"lower", "upper", "mean", "std"}`` as plain floats (JSON/YAML-ready)."""
+        return {k: float(getattr(self, k)) for k in _FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "") -> NormalizeConfig:
+        """Build from a mapping with exactly the keys ``lower, upper, mean, std``.
+
+        Args:
+            data: The mapping (e.g. ``fingerprint["normalize"]`` or a config section).
+            source: Where it came from, for error messages (a file name).
+
+        Returns:
+            The config.
+
+        Raises:
+            ValueError: Missing or unknown keys, non-numbers, or invalid values; the
+                message starts with ``source`` when given.
+        """
+        where = f"{source}: " if source else ""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{where}expected a mapping with {', '.join(_FIELDS)}, got {data!r}")
+        missing = [k for k in _FIELDS if k not in data]
+        unknown = sorted(str(k) for k in data if k not in _FIELDS)
+        if missing or unknown:
+            parts = [f"missing {', '.join(missing)}"] if missing else []
+            parts += [f"unknown {', '.join(unknown)}"] if unknown else []
+            raise ValueError(f"{where}intensity statistics: {'; '.join(parts)}")
+        values = {}
+        for k in _FIELDS:
+            v = data[k]
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ValueError(f"{where}{k} must be a number, got {v!r}")
+            values[k] = float(v)
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            raise ValueError(f"{where}{exc}") from None
+
+    @classmethod
+    def from_json(cls, path: str | PathLike[str]) -> NormalizeConfig:
+        """Read a JSON file: a fingerprint (its ``"normalize"`` object) or the four keys.
+
+        Args:
+            path: A ``tapct fingerprint`` output (``compute_fingerprint(...).save_json``)
+                or a file holding ``{"lower": ..., "upper": ..., "mean": ..., "std": ...}``.
+
+        Returns:
+            The config.
+
+        Raises:
+            ValueError: A missing, unreadable or invalid file; the message names it.
+        """
+        file = Path(path)
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"{file}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{file}: cannot read: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{file}: not valid JSON ({exc})") from None
+        if isinstance(data, Mapping) and "normalize" in data:
+            data = data["normalize"]
+        return cls.from_dict(data, source=str(file))
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``(clip(x, lower, upper) - mean) / std``.
+
+        Args:
+            x: HU tensor of any shape and device.
+
+        Returns:
+            float32 tensor of the same shape, on the same device.
+        """
+        return (x.float().clamp(self.lower, self.upper) - self.mean) / self.std
 
 
 class ClipNormalize(tio.IntensityTransform):
     """Clip HU to ``[lower, upper]``, subtract ``mean`` and divide by ``std``.
 
-    Defaults are the paper's dataset statistics (Appendix B): clip [-1008, 822] HU,
-    mean -86.8086, std 322.6347 (foreground 0.5/99.5 percentiles, mean and std, nnU-Net v2
-    "CTNormalization").
-
-    Call it on a tensor of HU of any shape (returns float32 of the same shape), or use it
-    as a TorchIO transform on a ``tio.Subject`` (scalar images only).
+    Call it on a tensor of HU of any shape (returns float32 of the same shape), on a
+    :class:`~tapct_data.Volume`, or use it as a TorchIO transform on a ``tio.Subject``
+    (scalar images only).
 
     Args:
-        lower: Lower clip in HU.
-        upper: Upper clip in HU.
-        mean: Foreground mean in HU.
-        std: Foreground standard deviation in HU (> 0).
+        config: The statistics; default :class:`NormalizeConfig` (the paper's values).
+        **fields: ``lower``, ``upper``, ``mean``, ``std`` replacing the config's values
+            (the keywords of earlier versions, and what TorchIO uses to rebuild it).
 
     Raises:
-        ValueError: ``lower >= upper`` or ``std <= 0``.
+        ValueError: Invalid statistics (see :class:`NormalizeConfig`).
+        TypeError: An unknown keyword or a ``config`` that is not a `NormalizeConfig`.
     """
 
     # Shadows torchio's static ``Transform.mean(tensor)``, a masking helper that users pass
@@ -41,34 +157,31 @@ class ClipNormalize(tio.IntensityTransform):
     # ``args_names`` (torchio's history) and callers read ``.mean``.
     mean: float  # type: ignore[assignment]
 
-    def __init__(
-        self,
-        lower: float = -1008.0,
-        upper: float = 822.0,
-        mean: float = -86.8086,
-        std: float = 322.6347,
-    ) -> None:
-        if not lower < upper:
-            raise ValueError(f"lower ({lower}) must be below upper ({upper})")
-        if not std > 0:
-            raise ValueError(f"std must be positive, got {std}")
+    def __init__(self, config: NormalizeConfig | None = None, **fields: float) -> None:
+        if config is not None and not isinstance(config, NormalizeConfig):
+            raise TypeError(f"config must be a NormalizeConfig, got {type(config).__name__}")
+        unknown = sorted(set(fields) - set(_FIELDS))
+        if unknown:
+            raise TypeError(f"ClipNormalize: unknown keyword(s) {', '.join(unknown)}")
+        config = attrs.evolve(config or NormalizeConfig(), **fields)
         super().__init__()
+        self.config = config
         self.lower, self.upper, self.mean, self.std = (
-            float(lower),
-            float(upper),
-            float(mean),
-            float(std),
+            config.lower,
+            config.upper,
+            config.mean,
+            config.std,
         )
-        self.args_names = ["lower", "upper", "mean", "std"]
+        self.args_names = list(_FIELDS)
 
     @classmethod
-    def from_stats(cls, stats: ForegroundStats) -> ClipNormalize:
-        """Build from `compute_foreground_stats` output."""
-        return cls(stats.lower, stats.upper, stats.mean, stats.std)
+    def from_stats(cls, stats: Any) -> ClipNormalize:
+        """Build from anything with ``lower, upper, mean, std`` (e.g. `ForegroundStats`)."""
+        return cls(NormalizeConfig(stats.lower, stats.upper, stats.mean, stats.std))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """The pure function: ``(clip(x, lower, upper) - mean) / std`` as float32."""
-        return (x.float().clamp(self.lower, self.upper) - self.mean) / self.std
+        return self.config.apply(x)
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Map normalised values back to (clipped) HU."""
@@ -85,98 +198,3 @@ class ClipNormalize(tio.IntensityTransform):
         for image in self.get_images(subject):
             image.set_data(self.normalize(image.data))
         return subject
-
-
-@attrs.frozen
-class ForegroundStats:
-    """Dataset foreground intensity statistics in HU.
-
-    Attributes:
-        lower: 0.5th percentile of the foreground.
-        upper: 99.5th percentile of the foreground.
-        mean: Mean of all foreground voxels.
-        std: Standard deviation of all foreground voxels.
-        n_voxels: Number of foreground voxels counted (over all scans).
-    """
-
-    lower: float
-    upper: float
-    mean: float
-    std: float
-    n_voxels: int
-
-
-def compute_foreground_stats(
-    volumes_or_paths: Iterable[Volume | torch.Tensor | str | PathLike[str]],
-    *,
-    threshold: float = -500.0,
-    samples_per_scan: int = 10_000,
-    max_pool: int = 2_000_000,
-    seed: int = 0,
-    reader: Any = None,
-) -> ForegroundStats:
-    """Foreground percentiles, mean and std over a dataset, streaming in bounded memory.
-
-    Foreground: voxels above ``threshold`` HU (-500 keeps body and drops air and lung).
-    Mean and std are exact over all foreground voxels (running float64 sums, one scan in
-    memory at a time). Percentiles come from ``samples_per_scan`` foreground voxels drawn
-    uniformly with replacement per scan (nnU-Net v2 ``DatasetFingerprintExtractor``
-    samples 10,000 per case), pooled in a reservoir of at most ``max_pool`` values.
-
-    Args:
-        volumes_or_paths: `Volume` objects, HU tensors, or paths read with ``reader``.
-        threshold: Foreground threshold in HU.
-        samples_per_scan: Voxels sampled per scan for the percentiles.
-        max_pool: Size bound of the percentile reservoir.
-        seed: Seed of the sampling.
-        reader: Function ``path -> Volume``; default `read_volume`.
-
-    Returns:
-        `ForegroundStats` (0.5/99.5 percentiles, mean, std in HU, voxel count).
-
-    Raises:
-        ValueError: no foreground voxel in the whole dataset, or bad arguments.
-    """
-    if samples_per_scan < 1 or max_pool < 1:
-        raise ValueError(f"samples_per_scan ({samples_per_scan}) and max_pool must be >= 1")
-    if reader is None:
-        from .io import read_volume as reader
-    rng = np.random.default_rng(seed)
-    total, total_sq, count = 0.0, 0.0, 0
-    pool = np.empty(0, dtype=np.float32)
-    seen = 0  # samples offered to the reservoir
-    for item in volumes_or_paths:
-        if isinstance(item, Volume):
-            data = item.data
-        elif isinstance(item, torch.Tensor):
-            data = item
-        else:
-            data = reader(item).data
-        values = data.detach().cpu().float().reshape(-1)
-        fg = values[values > threshold].double()
-        if fg.numel() == 0:
-            continue
-        count += fg.numel()
-        total += float(fg.sum())
-        total_sq += float((fg * fg).sum())
-        sample = fg.numpy()[rng.integers(0, fg.numel(), samples_per_scan)].astype(np.float32)
-        # Reservoir sampling (algorithm R, vectorised per scan).
-        room = max_pool - pool.size
-        if room > 0:
-            pool = np.concatenate([pool, sample[:room]])
-            sample = sample[room:]
-            seen += min(room, samples_per_scan)
-        if sample.size:
-            positions = seen + np.arange(1, sample.size + 1)
-            slots = (rng.random(sample.size) * positions).astype(np.int64)
-            keep = slots < max_pool
-            pool[slots[keep]] = sample[keep]
-            seen += sample.size
-    if count == 0:
-        raise ValueError(f"no foreground voxel above {threshold} HU in the dataset")
-    mean = total / count
-    var = max(total_sq / count - mean * mean, 0.0)
-    lower, upper = np.percentile(pool, [0.5, 99.5])
-    return ForegroundStats(
-        lower=float(lower), upper=float(upper), mean=mean, std=float(np.sqrt(var)), n_voxels=count
-    )

@@ -14,7 +14,7 @@ from .labels import (
     merge_totalsegmentator_labels,
     remap_labels,
 )
-from .loading import clip_normalize, load_image_monai, load_label_monai
+from .loading import ClipStats, IntensityStats, clip_normalize, load_image_monai, load_label_monai
 from .metrics import (
     FoldSummary,
     UndefinedMetricWarning,
@@ -45,9 +45,11 @@ __all__ = [
     "BenchmarkCase",
     "BenchmarkResults",
     "BenchmarkTask",
+    "ClipStats",
     "ExtractedFeatures",
     "FeatureExtractor",
     "FoldSummary",
+    "IntensityStats",
     "LinearSegmentationProbe",
     "ProbeTrainingConfig",
     "RetrievalResult",

@@ -4,37 +4,81 @@ Orientation: arrays are returned as ``(1, D, H, W)`` in the project's canonical 
 orientation with the axial axis first (D inferior -> superior, H anterior -> posterior,
 W right -> left), obtained with MONAI ``Orientation(axcodes="SPL")`` (MONAI labels array
 axes by the RAS direction they run toward). Image intensities (HU) are clipped and
-z-normalised with the paper's foreground statistics (Appendix B: clip [-1008, 822] HU,
-mean -86.8086, std 322.6347). The app injects tapct_data readers instead.
+z-normalised with the statistics the caller passes (:class:`ClipStats`: the ones the
+model was trained with; ``tapct`` reads them from the model's ``config.json``, the paper's
+values are ``tapct_data.NormalizeConfig()``). This package holds no copy of them. The app
+injects tapct_data readers instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple, Protocol
 
 import torch
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, Orientation
 
-__all__ = ["PAPER_CLIP_NORMALIZE", "clip_normalize", "load_image_monai", "load_label_monai"]
-
-#: (lower HU, upper HU, mean HU, std HU) of the paper's preprocessing (Appendix B).
-PAPER_CLIP_NORMALIZE = (-1008.0, 822.0, -86.8086, 322.6347)
+__all__ = ["ClipStats", "IntensityStats", "clip_normalize", "load_image_monai", "load_label_monai"]
 
 
-def clip_normalize(
-    hu: torch.Tensor, stats: tuple[float, float, float, float] = PAPER_CLIP_NORMALIZE
-) -> torch.Tensor:
+class IntensityStats(Protocol):
+    """Anything with the four statistics in HU (``tapct_data.NormalizeConfig`` is one)."""
+
+    @property
+    def lower(self) -> float: ...
+    @property
+    def upper(self) -> float: ...
+    @property
+    def mean(self) -> float: ...
+    @property
+    def std(self) -> float: ...
+
+
+class ClipStats(NamedTuple):
+    """The clip window and z-normalisation statistics of a model's input, in HU.
+
+    Attributes:
+        lower: Lower clip.
+        upper: Upper clip (> lower).
+        mean: Mean subtracted after clipping.
+        std: Standard deviation divided by (> 0).
+    """
+
+    lower: float
+    upper: float
+    mean: float
+    std: float
+
+
+def _as_stats(stats: IntensityStats | Sequence[float]) -> ClipStats:
+    if isinstance(stats, Sequence):
+        if len(stats) != 4:
+            raise ValueError(f"expected (lower, upper, mean, std), got {stats!r}")
+        out = ClipStats(*(float(v) for v in stats))
+    else:
+        out = ClipStats(float(stats.lower), float(stats.upper), float(stats.mean), float(stats.std))
+    if not (out.lower < out.upper and out.std > 0):
+        raise ValueError(f"need lower < upper and std > 0, got {out}")
+    return out
+
+
+def clip_normalize(hu: torch.Tensor, stats: IntensityStats | Sequence[float]) -> torch.Tensor:
     """Clip HU to ``[lower, upper]`` and z-normalise with ``(mean, std)``.
 
     Args:
         hu: any-shape tensor in HU.
-        stats: ``(lower, upper, mean, std)`` in HU.
+        stats: :class:`ClipStats`, any object with ``lower, upper, mean, std`` (e.g.
+            ``tapct_data.NormalizeConfig``) or a ``(lower, upper, mean, std)`` sequence.
 
     Returns:
         float32 tensor, same shape.
+
+    Raises:
+        ValueError: malformed statistics.
     """
-    lower, upper, mean, std = stats
+    lower, upper, mean, std = _as_stats(stats)
     return ((hu.float().clamp(lower, upper) - mean) / std).float()
 
 
@@ -54,20 +98,25 @@ def _load_canonical(path: str | Path) -> torch.Tensor:
     return oriented.as_tensor()
 
 
-def load_image_monai(path: str | Path) -> torch.Tensor:
+def load_image_monai(
+    path: str | Path, stats: IntensityStats | Sequence[float] | None
+) -> torch.Tensor:
     """Read a CT (NIfTI, NRRD, DICOM folder, ...) as a normalised canonical volume.
 
     Args:
         path: image file or DICOM series folder.
+        stats: the model's clip/normalisation statistics (see :func:`clip_normalize`);
+            None returns HU.
 
     Returns:
-        ``(1, D, H, W)`` float32, LPS axial-first, clip-normalised (paper values).
+        ``(1, D, H, W)`` float32, LPS axial-first, clip-normalised with ``stats``.
 
     Raises:
-        ValueError: when the image is not single-channel 3D.
+        ValueError: when the image is not single-channel 3D, or bad ``stats``.
         RuntimeError: when MONAI's meta tracking is off (no affine to orient by).
     """
-    return clip_normalize(_load_canonical(path))
+    hu = _load_canonical(path)
+    return hu.float() if stats is None else clip_normalize(hu, stats)
 
 
 def load_label_monai(path: str | Path, image_path: str | Path | None = None) -> torch.Tensor:

@@ -32,7 +32,7 @@ from .abmil import ABMILTrainingConfig, predict_abmil, train_abmil
 from .features import ExtractedFeatures, extract_features
 from .figures import plot_retrieval_heatmap, plot_segmentation_overlay
 from .labels import TOTALSEGMENTATOR_49_CLASSES, merge_totalsegmentator_labels, remap_labels
-from .loading import load_image_monai, load_label_monai
+from .loading import IntensityStats, load_image_monai, load_label_monai
 from .metrics import (
     FoldSummary,
     auc_score,
@@ -203,6 +203,7 @@ def run_benchmark(
     seeds: Sequence[int] = (0, 1, 2),
     load_image: ImageLoader | None = None,
     load_label: LabelLoader | None = None,
+    intensity: IntensityStats | Sequence[float] | None = None,
     preprocess: Preprocess | None = None,
     device: str = "cpu",
     model_name: str | None = None,
@@ -220,10 +221,13 @@ def run_benchmark(
             ``results.csv`` and ``figures/`` are written.
         seeds: one head is trained per seed; results are mean +- std over them.
         load_image: ``path -> (1, D, H, W)`` float32 normalised volume. Default
-            :func:`~tapct_eval.loading.load_image_monai` (MONAI, canonical LPS axial-first,
-            paper clip/normalisation).
+            :func:`~tapct_eval.loading.load_image_monai` (MONAI, canonical LPS axial-first)
+            normalised with ``intensity``.
         load_label: ``(label_path, image_path) -> (D, H, W)`` int64 on the image grid.
             Default :func:`~tapct_eval.loading.load_label_monai`.
+        intensity: the clip/normalisation statistics the model was trained with
+            (:class:`~tapct_eval.loading.ClipStats`, ``tapct_data.NormalizeConfig`` or
+            ``(lower, upper, mean, std)`` in HU); required when ``load_image`` is None.
         preprocess: ``(image, label | None) -> (image, label)`` applied after loading
             (default: in-plane resize to ``task.in_plane_size`` when set, trilinear for the
             image, nearest for labels). Pass ``lambda i, l: (i, l)`` to take loader outputs
@@ -238,13 +242,24 @@ def run_benchmark(
         :class:`BenchmarkResults`.
 
     Raises:
-        ValueError: on empty seeds or on loader outputs with wrong shapes/grids.
+        ValueError: on empty seeds, on loader outputs with wrong shapes/grids, or when
+            neither ``load_image`` nor ``intensity`` is given.
         TaskFileError: when ``task`` is a path to an invalid task file.
     """
     task = task if isinstance(task, BenchmarkTask) else load_task(task)
     if not seeds:
         raise ValueError("seeds must not be empty")
-    load_image = load_image or load_image_monai
+    if load_image is None:
+        if intensity is None:
+            raise ValueError(
+                "run_benchmark: pass intensity=(lower, upper, mean, std) in HU (the "
+                "statistics the model was trained with) or a load_image that normalises"
+            )
+        stats = intensity
+
+        def load_image(path: Path) -> torch.Tensor:
+            return load_image_monai(path, stats)
+
     load_label = load_label or load_label_monai
     preprocess = preprocess or _default_preprocess(task)
     name = model_name or type(model).__name__

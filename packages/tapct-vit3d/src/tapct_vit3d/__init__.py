@@ -6,8 +6,9 @@ Public API:
 - :func:`create_model`, :func:`list_models`, :func:`preset_config`, :data:`PRESETS`:
   paper presets (TAP-CT Table 3) and small CPU ones.
 - :func:`resample_pos_embed`: resample a positional embedding between ``(t, h, w)`` grids.
-- :func:`save_pretrained`, :func:`load_pretrained`, :func:`convert_dinov2_checkpoint`:
-  safetensors + JSON weights, DINOv2-style checkpoints (released TAP-CT weights).
+- :func:`save_pretrained`, :func:`load_pretrained`, :func:`convert_dinov2_checkpoint`,
+  :func:`read_model_metadata`: safetensors + JSON weights (extra metadata in
+  config.json), DINOv2-style checkpoints (released TAP-CT weights).
 - :func:`inflate_2d_state_dict`, :func:`inflate_patch_kernel`: start from 2D DINOv2/timm.
 - :class:`PatchEmbed3d`, :func:`patch_grid`, :class:`Block`: building blocks.
 - :func:`activation_bytes_per_sample`, :func:`saved_tensor_bytes`: activation memory kept
@@ -18,8 +19,10 @@ from .activation_memory import activation_bytes_per_sample, saved_tensor_bytes
 from .block import Block
 from .hub import (
     KNOWN_RELEASES,
+    METADATA_KEY,
     convert_dinov2_checkpoint,
     load_pretrained,
+    read_model_metadata,
     save_pretrained,
 )
 from .inflate import inflate_2d_state_dict, inflate_patch_kernel
@@ -30,6 +33,7 @@ from .vision_transformer import VisionTransformer3d
 
 __all__ = [
     "KNOWN_RELEASES",
+    "METADATA_KEY",
     "PRESETS",
     "Block",
     "PatchEmbed3d",
@@ -43,6 +47,7 @@ __all__ = [
     "load_pretrained",
     "patch_grid",
     "preset_config",
+    "read_model_metadata",
     "resample_pos_embed",
     "save_pretrained",
     "saved_tensor_bytes",

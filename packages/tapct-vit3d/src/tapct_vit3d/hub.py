@@ -28,14 +28,18 @@ from .vision_transformer import VisionTransformer3d
 __all__ = [
     "CONFIG_NAME",
     "KNOWN_RELEASES",
+    "METADATA_KEY",
     "WEIGHTS_NAME",
     "convert_dinov2_checkpoint",
     "load_pretrained",
+    "read_model_metadata",
     "save_pretrained",
 ]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+#: Key of ``config.json`` holding the extra metadata of :func:`save_pretrained`.
+METADATA_KEY = "tapct"
 
 #: Released TAP-CT checkpoints on the Hugging Face hub and their presets.
 KNOWN_RELEASES: dict[str, str] = {
@@ -55,7 +59,11 @@ _PICKLE_NAMES = (
 )
 
 
-def save_pretrained(model: VisionTransformer3d, save_directory: str | Path) -> Path:
+def save_pretrained(
+    model: VisionTransformer3d,
+    save_directory: str | Path,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (``model.config``) to a folder.
 
     Files are written to temporary names and renamed, so an interrupted save never leaves a
@@ -64,12 +72,17 @@ def save_pretrained(model: VisionTransformer3d, save_directory: str | Path) -> P
     Args:
         model: The model to save.
         save_directory: Folder, created if missing.
+        metadata: Extra JSON-serialisable information stored under the key
+            :data:`METADATA_KEY` (``"tapct"``) of ``config.json``, e.g. the intensity
+            statistics the model was trained with: ``{"normalize": {"lower": ...}}``.
+            :func:`read_model_metadata` returns it; loading ignores it.
 
     Returns:
         The folder as a ``Path``.
 
     Raises:
-        TypeError: If ``model`` is not a :class:`VisionTransformer3d`.
+        TypeError: If ``model`` is not a :class:`VisionTransformer3d`, or ``metadata``
+            is not a JSON-serialisable mapping.
     """
     from safetensors.torch import save_file
 
@@ -79,6 +92,13 @@ def save_pretrained(model: VisionTransformer3d, save_directory: str | Path) -> P
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     config = {"architecture": "VisionTransformer3d", "library": "tapct_vit3d", **model.config}
+    if metadata is not None:
+        if not isinstance(metadata, Mapping):
+            raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
+        try:
+            config[METADATA_KEY] = json.loads(json.dumps(dict(metadata)))
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"metadata must be JSON-serialisable: {err}") from None
     with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as tmp:
         tmp_weights = Path(tmp.name)
     save_file(tensors, str(tmp_weights), metadata={"format": "pt"})
@@ -260,3 +280,60 @@ def load_pretrained(
     converted = convert_dinov2_checkpoint(state_dict, model, pos_embed_grid=pos_embed_grid)
     model.load_state_dict(converted, strict=True)
     return model.to(map_location).eval()
+
+
+def read_model_metadata(
+    dir_or_hub_id: str | Path,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """The extra metadata :func:`save_pretrained` stored in a model's ``config.json``.
+
+    Args:
+        dir_or_hub_id: A model folder, its ``.safetensors`` file, or a hub id.
+        revision: Hub revision for hub ids.
+        cache_dir: Hub cache folder for hub ids.
+
+    Returns:
+        The ``"tapct"`` object of ``config.json`` (e.g. ``{"normalize": {...}}``), or ``{}``
+        when the model has no ``config.json`` or the file has no such key (models saved
+        before metadata existed, the released DINOv2-style checkpoints).
+
+    Raises:
+        ValueError: A ``config.json`` that is not valid JSON or whose ``"tapct"`` value is
+            not an object (the message names the file).
+        OSError: A hub id whose ``config.json`` could not be downloaded.
+    """
+    source = str(dir_or_hub_id)
+    path = Path(dir_or_hub_id)
+    config_path: Path | None
+    if path.is_dir():
+        config_path = path / CONFIG_NAME
+    elif path.is_file():
+        config_path = path.parent / CONFIG_NAME
+    elif re.fullmatch(r"[\w.\-]+/[\w.\-]+", source) and not source.startswith((".", "/")):
+        try:
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.utils import EntryNotFoundError
+        except ImportError as err:  # pragma: no cover - a declared dependency
+            raise ImportError("reading from the hub needs huggingface_hub") from err
+        try:
+            config_path = Path(hf_hub_download(source, CONFIG_NAME, revision=revision,
+                                               cache_dir=cache_dir))
+        except EntryNotFoundError:
+            return {}
+        except Exception as err:
+            raise OSError(f"could not download {CONFIG_NAME} of {source!r}: {err}") from err
+    else:
+        raise FileNotFoundError(f"{source!r} is neither a local path nor a hub id 'owner/name'")
+    if not config_path.is_file():
+        return {}
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_path}: not valid JSON ({err})") from None
+    meta = config.get(METADATA_KEY, {}) if isinstance(config, dict) else {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"{config_path}: {METADATA_KEY!r} must be an object, got {meta!r}")
+    return meta

@@ -506,14 +506,17 @@ class VisionTransformer3d(nn.Module):
         return tuple(patches)
 
     # -------------------------------------------------------------- weights
-    def save_pretrained(self, save_directory: str | Path) -> Path:
+    def save_pretrained(
+        self, save_directory: str | Path, metadata: Mapping[str, Any] | None = None
+    ) -> Path:
         """Write ``model.safetensors`` and ``config.json`` to ``save_directory``.
 
-        See :func:`tapct_vit3d.save_pretrained`.
+        ``metadata`` (JSON-serialisable) goes under ``config.json``'s ``"tapct"`` key; see
+        :func:`tapct_vit3d.save_pretrained` and :func:`tapct_vit3d.read_model_metadata`.
         """
         from .hub import save_pretrained
 
-        return save_pretrained(self, save_directory)
+        return save_pretrained(self, save_directory, metadata)
 
     @classmethod
     def from_pretrained(cls, dir_or_hub_id: str | Path, **kwargs: Any) -> VisionTransformer3d:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+from tapct_data.normalize import NormalizeConfig
 
 __all__ = [
     "CheckpointConfig",
@@ -113,6 +114,11 @@ class DataConfig:
         num_workers: DataLoader worker processes (0 reads in the main process).
         phantom_count: Number of phantom scans generated for the demo.
         phantom_shape: ``(D, H, W)`` of each demo phantom.
+        normalize: Clip window and mean/std in HU the slabs are normalised with
+            (``tapct_data.NormalizeConfig``: ``lower``, ``upper``, ``mean``, ``std``;
+            default the paper's values; ``tapct fingerprint`` computes a dataset's own,
+            ``tapct pretrain --intensity-stats`` reads them). The exported model records
+            them in its ``config.json``.
     """
 
     sources: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
@@ -125,6 +131,7 @@ class DataConfig:
     phantom_shape: tuple[int, int, int] = attrs.field(
         default=(48, 96, 96), converter=_int_triple, validator=_positive
     )
+    normalize: NormalizeConfig = attrs.field(factory=NormalizeConfig)
 
 
 @attrs.frozen

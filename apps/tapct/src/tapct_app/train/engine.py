@@ -34,6 +34,7 @@ from torch import nn
 
 from tapct_app.config_file import config_to_dict
 from tapct_app.errors import UserError
+from tapct_app.intensity import model_metadata
 from tapct_app.train import checkpoint as ckpt
 from tapct_app.train.config import PretrainConfig
 from tapct_app.train.data import (
@@ -328,7 +329,7 @@ def _prepare_data(
         store,
         slab_depth=config.data.slab_depth,
         in_plane_size=config.data.in_plane_size,
-        normalize=ClipNormalize(),
+        normalize=ClipNormalize(config.data.normalize),
         seed=config.seed,
     )
     return IndexedSlabs(dataset), store
@@ -385,7 +386,7 @@ def _load_state(objective: nn.Module, optimizer: torch.optim.Optimizer, state: d
     ckpt.restore_rng_state(state.get("rng", {}))
 
 
-def _export(objective: DINOv2Objective, output: Path) -> Path:
+def _export(objective: DINOv2Objective, output: Path, config: PretrainConfig) -> Path:
     import shutil
     import tempfile
 
@@ -397,7 +398,7 @@ def _export(objective: DINOv2Objective, output: Path) -> Path:
     target = output / "model"
     tmp = Path(tempfile.mkdtemp(prefix=".model.tmp-", dir=output))
     try:
-        backbone.save_pretrained(tmp)
+        backbone.save_pretrained(tmp, metadata=model_metadata(config.data.normalize))
         if target.exists():
             shutil.rmtree(target)
         tmp.replace(target)
@@ -638,7 +639,7 @@ def _run(
     model_dir = None
     if dist.is_main:
         if done_its == total:
-            model_dir = _export(objective, output)
+            model_dir = _export(objective, output, config)
         plot_loss_curve(read_metrics(output / "metrics.jsonl"), output / "loss_curve.png")
         summary = {
             "start_iteration": start_it,
