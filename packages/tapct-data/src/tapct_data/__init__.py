@@ -65,7 +65,14 @@ if TYPE_CHECKING:
     )
     from .io import read_label, read_volume, write_volume
     from .normalize import ClipNormalize, NormalizeConfig
-    from .store import ZarrVolumeStore, build_zarr_store
+    from .sampler import IterationBatchSampler
+    from .store import (
+        StoreReport,
+        ZarrStoreCollection,
+        ZarrVolumeStore,
+        build_zarr_store,
+        open_stores,
+    )
 
 # Names whose modules need the heavy readers: imported on first access.
 _LAZY = {
@@ -80,8 +87,12 @@ _LAZY = {
     "body_mask": "fingerprint",
     "compute_fingerprint": "fingerprint",
     "compute_foreground_stats": "fingerprint",
+    "IterationBatchSampler": "sampler",
+    "StoreReport": "store",
+    "ZarrStoreCollection": "store",
     "ZarrVolumeStore": "store",
     "build_zarr_store": "store",
+    "open_stores": "store",
 }
 
 
@@ -111,6 +122,7 @@ __all__ = [
     "GammaParams",
     "ImageFormat",
     "InputListing",
+    "IterationBatchSampler",
     "LabelMapError",
     "MaskingConfig",
     "MaskingGenerator3d",
@@ -128,7 +140,9 @@ __all__ = [
     "ScanSource",
     "Skipped",
     "SlabBatch",
+    "StoreReport",
     "Volume",
+    "ZarrStoreCollection",
     "ZarrVolumeStore",
     "adjust_gamma",
     "body_mask",
@@ -143,6 +157,7 @@ __all__ = [
     "gaussian_blur2d",
     "image_suffix",
     "is_zarr_store",
+    "open_stores",
     "phantom",
     "read_label",
     "read_scan",
