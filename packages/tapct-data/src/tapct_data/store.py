@@ -198,8 +198,11 @@ def _convert_one(task: _Task) -> _Outcome:
 
 
 def _pool_context() -> Any:
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["tapct_data.store"])  # imported once, not per worker
+    return context
 
 
 def _run(tasks: Sequence[_Task], workers: int) -> Iterator[_Outcome]:

@@ -1,0 +1,222 @@
+"""The scan store: layout, crash safety (kill -9), resume, skip report, shards, the index."""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from tapct_data import (
+    ZarrStoreCollection,
+    ZarrVolumeStore,
+    build_zarr_store,
+    open_stores,
+    read_volume,
+    write_volume,
+)
+
+# TEMPORARY: tapct_data.ScanSource once helper "inputs" lands.
+from tapct_data._inputs_standin import InputListing, ScanSource, Skipped
+from tapct_data.phantom import make_phantom
+
+SMALL = {"chunks": (1, 16, 16), "slices_per_file": 4}
+
+
+def _scans(tmp_path: Path, shapes=((9, 24, 20), (5, 24, 20), (7, 16, 16), (3, 20, 20))):
+    sources = []
+    for i, shape in enumerate(shapes):
+        image, _ = make_phantom(shape, seed=i)
+        path = write_volume(image, tmp_path / "scans" / f"scan{i}.nii.gz")
+        sources.append(ScanSource(name=f"scan{i}", path=path, kind="nifti"))
+    return sources
+
+
+def _bad(tmp_path: Path) -> ScanSource:
+    path = tmp_path / "bad" / "notes.nii.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("not a NIfTI file")
+    return ScanSource(name="notes", path=path, kind="nifti")
+
+
+def _snapshot(path: Path) -> dict:
+    """Everything a reader sees: names, arrays, array attributes and index records."""
+    store = ZarrVolumeStore(path)
+    out = {}
+    for name in store.names:
+        array = zarr.open_array(str(path / name), mode="r")
+        out[name] = (array[...].tobytes(), dict(array.attrs), store.shape(name), store.source(name))
+    return out
+
+
+def test_roundtrip_layout_and_reading(tmp_path):
+    sources = _scans(tmp_path)
+    report = build_zarr_store(sources, tmp_path / "s.zarr", **SMALL)
+    assert report.written == ("scan0", "scan1", "scan2", "scan3") and report.skipped == ()
+    store = ZarrVolumeStore(report.path)
+    assert store.names == ["scan0", "scan1", "scan2", "scan3"] and len(store) == 4
+    ref = read_volume(sources[0].path)
+    back = store.read("scan0")
+    assert torch.equal(back.data, ref.data.round())
+    np.testing.assert_allclose(back.affine, ref.affine)
+    assert store.shape("scan0") == (9, 24, 20) and store.source("scan0") == str(sources[0])
+    slab = store.read_slab("scan0", 3, 5, dtype=torch.int16)
+    assert slab.dtype == torch.int16 and torch.equal(slab.float(), ref.data[:, 3:8].round())
+    with pytest.raises(ValueError, match="outside"):
+        store.read_slab("scan1", 2, 5)
+    # blosc-lz4 chunks of one slice, grouped 4 slices per file (zarr sharding)
+    meta = json.loads((report.path / "scan0" / "zarr.json").read_text())
+    assert meta["codecs"][0]["name"] == "sharding_indexed"
+    files = [p for p in (report.path / "scan0" / "c").rglob("*") if p.is_file()]
+    assert len(files) == 3  # 9 slices, 4 per file
+    assert report.skipped_file.read_text() == "" and store.skipped == ()
+    again = build_zarr_store(sources, report.path, **SMALL)
+    assert again.written == () and again.already_done == report.written
+
+
+def test_skip_report_rerun_retries_and_stop(tmp_path, shared_data):
+    sources = [*_scans(tmp_path)[:2], _bad(tmp_path)]
+    mha = shared_data / "robustness/image_2d.mha"
+    sources.append(ScanSource(name="flat", path=mha, kind="itk"))
+    walked = Skipped(path="x/trunc.dcm", reason="x/trunc.dcm: truncated pixel data")
+    report = build_zarr_store(InputListing(tuple(sources), (walked,)), tmp_path / "s.zarr")
+    assert report.written == ("scan0", "scan1")
+    rows = [json.loads(line) for line in report.skipped_file.read_text().splitlines()]
+    assert [r["path"] for r in rows] == ["x/trunc.dcm", str(mha), str(sources[2])]
+    assert rows[1]["reason"].startswith(str(mha)) and "2D image" in rows[1]["reason"]
+    assert rows[2]["reason"].startswith(str(sources[2]))
+    assert ZarrVolumeStore(report.path).skipped == report.skipped
+    # A rerun retries the skipped sources and rewrites the report.
+    write_volume(make_phantom((4, 16, 16))[0], sources[2].path)
+    rerun = build_zarr_store(sources, report.path)
+    assert rerun.written == ("notes",) and rerun.already_done == ("scan0", "scan1")
+    assert [s.path for s in rerun.skipped] == [str(mha)]
+    # on_error="stop": the first bad scan's own error; the scans before it are complete.
+    rgb = shared_data / "robustness/nifti_rgb_not_hu.nii.gz"
+    order = [sources[0], ScanSource(name="scan0b", path=rgb, kind="nifti"), sources[1]]
+    with pytest.raises(ValueError, match="nifti_rgb_not_hu"):
+        build_zarr_store(order, tmp_path / "stop.zarr", on_error="stop")
+    assert ZarrVolumeStore(tmp_path / "stop.zarr").names == ["scan0"]
+    resumed = build_zarr_store(order, tmp_path / "stop.zarr")
+    assert resumed.already_done == ("scan0",) and resumed.written == ("scan1",)
+    assert [s.path for s in resumed.skipped] == [str(order[1])]
+
+
+def test_nothing_read_leaves_nothing_on_disk(tmp_path):
+    out = tmp_path / "none.zarr"
+    report = build_zarr_store([_bad(tmp_path)], out)
+    assert report.written == () and len(report.skipped) == 1 and not out.exists()
+    with pytest.raises(ValueError, match=r"notes\.nii\.gz"):
+        build_zarr_store([_bad(tmp_path)], out, on_error="stop")
+    assert not out.exists()
+
+
+def test_two_workers_give_the_same_store(tmp_path):
+    sources = [*_scans(tmp_path), _bad(tmp_path)]
+    one = build_zarr_store(sources, tmp_path / "one.zarr", workers=1, **SMALL)
+    two = build_zarr_store(sources, tmp_path / "two.zarr", workers=2, **SMALL)
+    assert one.written == two.written and one.skipped == two.skipped
+    assert _snapshot(one.path) == _snapshot(two.path)
+    assert one.skipped_file.read_text() == two.skipped_file.read_text()
+
+
+_CHILD = """
+import json, sys
+from pathlib import Path
+from tapct_data import build_zarr_store
+from tapct_data._inputs_standin import ScanSource
+paths, out = json.loads(sys.argv[1]), sys.argv[2]
+sources = [ScanSource(name=Path(p).name.split(".")[0], path=Path(p), kind="nifti") for p in paths]
+build_zarr_store(sources, out, chunks=(1, 16, 16), slices_per_file=4)
+"""
+
+
+def _child(paths, out, fault: str) -> int:
+    env = {**os.environ, "TAPCT_FAULT": fault}
+    args = [sys.executable, "-c", _CHILD, json.dumps([str(p) for p in paths]), str(out)]
+    return subprocess.run(args, env=env, timeout=120).returncode
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_store(tmp_path):
+    sources = _scans(tmp_path)
+    paths = [s.path for s in sources]
+    reference = build_zarr_store(sources, tmp_path / "ref.zarr", **SMALL).path
+    out = tmp_path / "crashed.zarr"
+    # Killed while writing scan1's array: a half-written temporary, never listed.
+    assert _child(paths, out, "store.mid_write:2") == -signal.SIGKILL
+    assert ZarrVolumeStore(out).names == ["scan0"]
+    assert [p.name for p in out.iterdir() if p.name.startswith(".tmp-scan1")]
+    # Resumed, then killed after scan3's array is in place but before its record.
+    assert _child(paths, out, "store.after_write:3") == -signal.SIGKILL
+    assert (out / "scan3" / "zarr.json").is_file()
+    visible = ZarrVolumeStore(out)
+    assert visible.names == ["scan0", "scan1", "scan2"]
+    for name in visible.names:
+        assert torch.equal(visible.read(name).data, ZarrVolumeStore(reference).read(name).data)
+    rerun = build_zarr_store(sources, out, **SMALL)
+    assert rerun.written == ("scan3",) and rerun.already_done == ("scan0", "scan1", "scan2")
+    assert _snapshot(out) == _snapshot(reference)
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_shards_hold_every_scan_once_and_open_as_one_dataset(tmp_path):
+    sources = [*_scans(tmp_path), _bad(tmp_path)]
+    folder = tmp_path / "shards"
+    reports = [
+        build_zarr_store(sources, folder / f"shard-{k}.zarr", shard=(k, 2), **SMALL)
+        for k in range(2)
+    ]
+    # every 2nd source of the sorted list: notes, scan1, scan3 | scan0, scan2
+    assert [r.written for r in reports] == [("scan1", "scan3"), ("scan0", "scan2")]
+    assert [len(r.skipped) for r in reports] == [1, 0]
+    both = open_stores(folder)
+    assert isinstance(both, ZarrStoreCollection) and sorted(both.names) == [
+        "scan0",
+        "scan1",
+        "scan2",
+        "scan3",
+    ]
+    assert both.names == open_stores([r.path for r in reports]).names
+    assert torch.equal(
+        both.read_slab("scan0", 1, 3), ZarrVolumeStore(reports[1].path).read_slab("scan0", 1, 3)
+    )
+    assert len(both.skipped) == 1 and both.source("scan2") == str(sources[2])
+    build_zarr_store(sources[:1], folder / "dup.zarr", **SMALL)
+    with pytest.raises(ValueError, match="scan0"):
+        open_stores(folder)
+    with pytest.raises(ValueError, match="shard"):
+        build_zarr_store(sources, tmp_path / "x.zarr", shard=(2, 2))
+
+
+def test_open_reads_no_per_scan_file(tmp_path, monkeypatch):
+    sources = _scans(tmp_path)
+    path = build_zarr_store(sources, tmp_path / "s.zarr", **SMALL).path
+    opened: list[str] = []
+    real_open = builtins.open
+
+    def counting_open(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(io, "open", counting_open)
+    store = ZarrVolumeStore(path)
+    assert store.names == [s.name for s in sources] and store.shape("scan3") == (3, 20, 20)
+    assert sorted(Path(f).name for f in opened) == ["index.json", "zarr.json"]
+    # A record newer than the consolidated index (a build killed before its end) is read,
+    # alone; a consolidated entry whose record is gone is dropped.
+    (path / "_index" / "scan3.json").unlink()
+    opened.clear()
+    assert ZarrVolumeStore(path).names == ["scan0", "scan1", "scan2"]
+    (path / "index.json").write_text(json.dumps({"scans": {}}))
+    opened.clear()
+    assert ZarrVolumeStore(path).shape("scan1") == (5, 24, 20)
+    assert sum(Path(f).parent.name == "_index" for f in opened) == 3
