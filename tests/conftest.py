@@ -52,11 +52,11 @@ def tiny_args(*, iterations: int, batch: int = 2) -> list[str]:
 @pytest.fixture(scope="session")
 def phantom_store(tmp_path_factory) -> Path:
     """A zarr store of two small CT phantoms, built once."""
-    from tapct_app.train.data import prepare_store, write_demo_phantoms
+    from tapct_app.train.data import prepare_stores, write_demo_phantoms
 
     root = tmp_path_factory.mktemp("phantoms")
     paths = write_demo_phantoms(root / "nii", 2, (16, 48, 48), seed=0)
-    return prepare_store([str(p) for p in paths], root / "cache")
+    return prepare_stores([str(p) for p in paths], root / "cache")[0]
 
 
 @pytest.fixture(scope="session")

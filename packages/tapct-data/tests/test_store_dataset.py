@@ -54,3 +54,59 @@ def test_volume_torchio_roundtrip(shared_data):
     back = Volume.from_torchio(vol.to_torchio())
     assert torch.equal(back.data, vol.data)
     np.testing.assert_allclose(back.affine, vol.affine)
+
+
+def _slab_store(tmp_path):
+    from tapct_data import build_zarr_store, write_volume
+    from tapct_data._inputs_standin import ScanSource  # TEMPORARY: tapct_data.ScanSource
+
+    sources = []
+    for i, shape in enumerate(((20, 32, 32), (5, 32, 32), (14, 40, 24))):
+        path = write_volume(make_phantom(shape, seed=i)[0], tmp_path / f"scan{i}.nii.gz")
+        sources.append(ScanSource(name=f"scan{i}", path=path, kind="nifti"))
+    return build_zarr_store(sources, tmp_path / "s.zarr", chunks=(1, 32, 32)).path
+
+
+def test_slab_dataset_raw_hu_padding_resize_and_determinism(tmp_path):
+    from tapct_data import PretrainSlabDataset, ZarrVolumeStore
+
+    path = _slab_store(tmp_path)
+    store = ZarrVolumeStore(path)
+    ds = PretrainSlabDataset(path, slab_depth=8, in_plane_size=(32, 32), seed=3)
+    seen = set()
+    for k in range(60):
+        x = ds[k]
+        assert x.shape == (1, 8, 32, 32) and x.dtype == torch.int16
+        assert torch.equal(x, ds[k])
+        name, start, _depth = ds._draw(k)
+        seen.add(name)
+        if name == "scan0":  # native size: exactly the stored slices
+            assert torch.equal(x, store.read_slab(name, start, 8, dtype=torch.int16))
+        if name == "scan1":  # 5 slices: 1 slice of air before, 2 after
+            assert (x[0, 0] == -1024).all() and (x[0, 6:] == -1024).all()
+            assert torch.equal(x[:, 1:6], store.read_slab(name, 0, 5, dtype=torch.int16))
+    assert seen == {"scan0", "scan1", "scan2"}  # scan2 (40 x 24) resized to the canvas
+    other = PretrainSlabDataset(path, slab_depth=8, in_plane_size=(32, 32), seed=4)
+    assert any(not torch.equal(ds[k], other[k]) for k in range(5))
+    normed = PretrainSlabDataset(
+        path, 8, in_plane_size=(16, 16), normalize=ClipNormalize(), seed=3
+    )[0]
+    assert normed.dtype == torch.float32 and normed.shape == (1, 8, 16, 16)
+    by_slices = PretrainSlabDataset(path, 8, (32, 32), scan_weighting="slices")
+    names = [by_slices._draw(k)[0] for k in range(400)]
+    assert names.count("scan0") > names.count("scan1") * 2  # 20 vs 5 slices
+    with pytest.raises(ValueError, match="scan_weighting"):
+        PretrainSlabDataset(path, 8, scan_weighting="scans")  # type: ignore[arg-type]
+
+
+def test_sampler_with_dataloader_workers_gives_indexed_samples(tmp_path):
+    from tapct_data import IterationBatchSampler, PretrainSlabDataset
+    from torch.utils.data import DataLoader
+
+    ds = PretrainSlabDataset(_slab_store(tmp_path), slab_depth=4, in_plane_size=(32, 32))
+    sampler = IterationBatchSampler(2, 4, samples_seen=10, batch_size=2, rank=1, world_size=2)
+    assert list(sampler) == [[12, 13], [16, 17]]
+    batches = list(DataLoader(ds, batch_sampler=sampler, num_workers=1))
+    assert torch.equal(batches[1], torch.stack([ds[16], ds[17]]))
+    with pytest.raises(ValueError, match="rank"):
+        IterationBatchSampler(0, 1, 0, 2, rank=2, world_size=2)

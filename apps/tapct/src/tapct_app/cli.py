@@ -110,7 +110,10 @@ def pretrain(
     data: Annotated[
         list[Path] | None,
         typer.Option(
-            "--data", "-d", help="Scan file, DICOM folder or zarr store (repeatable)."
+            "--data",
+            "-d",
+            help="Scans, folders, list files, zarr stores or folders of stores (repeatable); "
+            "all together are one dataset.",
         ),
     ] = None,
     output: Annotated[
@@ -136,6 +139,10 @@ def pretrain(
             help="Stop after this many iterations of this invocation (schedules still span "
             "--iterations); resume later with the same command."
         ),
+    ] = None,
+    on_error: Annotated[
+        str | None,
+        typer.Option("--on-error", help="Bad scans in --data: skip (default, listed) or stop."),
     ] = None,
     set_: Annotated[
         list[str] | None,
@@ -167,7 +174,7 @@ def pretrain(
         resume=resume,
         device=device,
         stop_after=stop_after,
-        overrides=set_ or [],
+        overrides=[*([f"data.on_error={on_error}"] if on_error else []), *(set_ or [])],
         console=_console(),
         intensity_stats=intensity_stats,
     )
@@ -297,14 +304,51 @@ def benchmark(
 
 @app.command()
 def preprocess(
-    inputs: Annotated[list[Path], typer.Argument(help="Scan files or DICOM folders.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The zarr store to write.")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="Scan files, folders (walked recursively) or .txt/.csv lists."),
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="The zarr store to write.")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Processes reading scans (default: the available cores).", min=1),
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="K/N: only every N-th scan of the sorted list from the K-th (0-based)."),
+    ] = None,
+    on_error: Annotated[
+        str, typer.Option("--on-error", help="skip (list in skipped.jsonl) or stop.")
+    ] = "skip",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would be read; write nothing.")
+    ] = False,
+    list_file: Annotated[
+        Path | None,
+        typer.Option("--list-file", help="With --dry-run: write the scans as a .txt list."),
+    ] = None,
 ) -> None:
-    """Convert scans into a chunked zarr store for pretraining (resumable)."""
+    """Convert scans into a chunked zarr store for pretraining (parallel, resumable).
+
+    Bad scans are skipped and listed in STORE/skipped.jsonl; rerunning the same command
+    resumes. Shards: run --shard 0/N ... --shard N-1/N into N stores and give them (or
+    their parent folder) to pretrain --data.
+    """
     _runtime_policy()
     from tapct_app.preprocess import preprocess_command
 
-    preprocess_command(inputs, output, console=_console())
+    preprocess_command(
+        inputs,
+        output,
+        console=_console(),
+        workers=workers,
+        shard=shard,
+        on_error=on_error,
+        dry_run=dry_run,
+        list_file=list_file,
+    )
 
 
 @app.command()

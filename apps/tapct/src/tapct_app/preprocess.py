@@ -11,33 +11,109 @@ from tapct_app.errors import UserError, one_line, user_errors_from
 __all__ = ["default_workers", "fingerprint_command", "preprocess_command"]
 
 
-def preprocess_command(inputs: Sequence[Path], output: Path, console: Any) -> Path:
-    """Convert scans into one chunked zarr store (``tapct_data.build_zarr_store``).
-
-    The store is resumable: rerunning adds the scans that are missing; a scan is in it
-    completely or not at all.
-
-    Args:
-        inputs: Scan files or DICOM folders.
-        output: The store path (e.g. ``scans.zarr``).
-        console: A rich console.
-
-    Returns:
-        The store path.
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"K/N"`` -> ``(K, N)`` with ``0 <= K < N``; None stays None.
 
     Raises:
-        UserError: A missing, corrupt or non-CT input (named).
+        UserError: Not of that form.
     """
-    from tapct_data import ZarrVolumeStore, build_zarr_store
+    if text is None:
+        return None
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard {text!r}: expected K/N, e.g. 0/4") from None
+    if not 0 <= k < n:
+        raise UserError(f"--shard {text!r}: need 0 <= K < N")
+    return k, n
+
+
+def preprocess_command(
+    inputs: Sequence[Path],
+    output: Path | None,
+    console: Any,
+    *,
+    workers: int | None = None,
+    shard: str | None = None,
+    on_error: str = "skip",
+    dry_run: bool = False,
+    list_file: Path | None = None,
+) -> Any:
+    """Convert scans into one chunked zarr store (``tapct_data.build_zarr_store``).
+
+    The inputs are expanded with ``tapct_data.expand_inputs`` (files, folders walked
+    recursively, DICOM series, list files). The store is resumable: rerunning the same
+    command skips the scans already in it, a scan is in it completely or not at all (also
+    after ``kill -9``), and bad scans are listed in ``STORE/skipped.jsonl``. Ends with
+    ``N scans written, M skipped (see STORE/skipped.jsonl)``.
+
+    Args:
+        inputs: Scan files, folders or list files.
+        output: The store path (e.g. ``scans.zarr``); may be None with ``dry_run``.
+        console: A rich console.
+        workers: Processes (default: the available cores).
+        shard: ``"K/N"``: only every N-th source from the K-th (0-based) of the sorted list.
+        on_error: ``"skip"`` or ``"stop"``.
+        dry_run: Print what would be read (scans, skipped, left out), write nothing.
+        list_file: With ``dry_run``: also write the scans' paths, one per line (a ``.txt``
+            list file that every shard can read instead of walking the archive).
+
+    Returns:
+        The ``tapct_data.StoreReport``, or the ``InputListing`` with ``dry_run``.
+
+    Raises:
+        UserError: A missing input, nothing readable (first reason and count; nothing is
+            left on disk), or with ``on_error="stop"`` the first bad scan (named).
+    """
+    from tapct_data import expand_inputs
 
     from tapct_app.scans import check_inputs_exist
+    from tapct_app.train.data import build_store, store_summary
 
     check_inputs_exist(inputs)
-    with user_errors_from(inputs[0] if len(inputs) == 1 else "preprocess"):
-        store = build_zarr_store([str(p) for p in inputs], output, on_error="raise")
-    n = len(ZarrVolumeStore(store))
-    console.print(f"zarr store {store}: {n} scan(s)")
-    return Path(store)
+    with user_errors_from(inputs[0] if len(inputs) == 1 else "inputs"):
+        listing = expand_inputs(inputs)
+    if dry_run:
+        _print_listing(listing, console)
+        if list_file is not None:
+            list_file.parent.mkdir(parents=True, exist_ok=True)
+            text = "".join(f"{s.path}\n" for s in listing.scans)
+            list_file.write_text(text, encoding="utf-8")
+            console.print(
+                f"list of {len(listing.scans)} scans written to {list_file}", markup=False
+            )
+        return listing
+    if output is None:
+        raise UserError("--output STORE is required (or use --dry-run)")
+    if list_file is not None:
+        raise UserError("--list-file goes with --dry-run; give the list file as an input")
+    report = build_store(
+        inputs,
+        output,
+        on_error=on_error,
+        workers=workers,
+        shard=parse_shard(shard),
+        listing=listing,
+    )
+    console.print(store_summary(report), markup=False, highlight=False, soft_wrap=True)
+    return report
+
+
+def _print_listing(listing: Any, console: Any) -> None:
+    for source in listing.scans:
+        console.print(
+            f"scan     {source.name}  {source}", markup=False, highlight=False, soft_wrap=True
+        )
+    for skipped in listing.skipped:
+        console.print(f"skipped  {skipped.reason}", markup=False, highlight=False, soft_wrap=True)
+    left = ", ".join(f"{n} {what}" for what, n in sorted(listing.left_out.items()))
+    console.print(
+        f"{len(listing.scans)} scans, {len(listing.skipped)} skipped"
+        + (f", left out: {left}" if left else ""),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def default_workers() -> int:

@@ -56,3 +56,26 @@ def read_scan(source: ScanSource, *, allow_non_ct: bool = False) -> Volume:
 def is_zarr_store(path: str | PathLike[str]) -> bool:
     p = Path(path)
     return p.is_dir() and any((p / name).is_file() for name in ("zarr.json", ".zgroup"))
+
+
+def expand_inputs(inputs, *, include=(), exclude=(), expand_stores=True) -> InputListing:
+    """STAND-IN: one scan per given path (today's behaviour), names made unique."""
+    import re
+
+    suffixes = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+    scans, seen = [], set()
+    for item in inputs:
+        path = Path(item)
+        base = path.name
+        for suffix in suffixes:
+            if base.lower().endswith(suffix):
+                base = base[: -len(suffix)]
+                break
+        base = re.sub(r"[^A-Za-z0-9_.-]", "_", base) or "scan"
+        name, i = base, 1
+        while name in seen:
+            name, i = f"{base}_{i}", i + 1
+        seen.add(name)
+        kind = "dicom" if path.is_dir() or path.suffix == ".dcm" else "nifti"
+        scans.append(ScanSource(name=name, path=path, kind=kind))
+    return InputListing(tuple(sorted(scans, key=lambda s: s.name)))

@@ -104,14 +104,17 @@ class DataConfig:
     """Where the scans come from and how slabs are read.
 
     Attributes:
-        sources: Scan files, DICOM folders or one zarr store. Files and folders are
-            converted once into a zarr store cache under the output directory.
+        sources: Zarr stores, folders of stores (shards), scan files, folders and list
+            files; everything that is not a store is converted once into a zarr store
+            cache under the output directory; all stores are read as one dataset.
             Empty means the built-in phantoms (the demo).
         slab_depth: Slices S per training sample read from the store; at least the
             crops' depth. Table 3: 12 slices for the 3D models.
         in_plane_size: ``(H0, W0)`` in-plane size of the slab the crops are taken from
             (voxels).
         num_workers: DataLoader worker processes (0 reads in the main process).
+        on_error: ``"skip"`` (bad scans are left out of the cache and listed in its
+            ``skipped.jsonl``) or ``"stop"`` (the first bad scan stops the run).
         phantom_count: Number of phantom scans generated for the demo.
         phantom_shape: ``(D, H, W)`` of each demo phantom.
         normalize: Clip window and mean/std in HU the slabs are normalised with
@@ -127,6 +130,7 @@ class DataConfig:
         default=(256, 256), converter=_int_pair, validator=_positive
     )
     num_workers: int = attrs.field(default=4, validator=attrs.validators.ge(0))
+    on_error: str = attrs.field(default="skip", validator=attrs.validators.in_(("skip", "stop")))
     phantom_count: int = attrs.field(default=4, validator=_positive)
     phantom_shape: tuple[int, int, int] = attrs.field(
         default=(48, 96, 96), converter=_int_triple, validator=_positive

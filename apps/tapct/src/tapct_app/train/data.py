@@ -1,30 +1,31 @@
-"""Training data: sources -> zarr store cache -> slab dataset -> per-iteration batches.
+"""Training data: sources -> zarr stores (cached conversion) -> slab dataset -> batches.
 
-The order of samples is a pure function of ``(seed, sample index)``: the sample index
-of micro-batch ``a`` on rank ``r`` at iteration ``it`` is
-``samples_seen + (it - start) * global_batch + (r * accumulation_steps + a) * batch + j``.
-Resuming therefore continues the data stream exactly (DINOv2's resume does not), and a
-run on 2 processes sees the same samples as a single process accumulating 2
-micro-batches.
+The dataset (``tapct_data.PretrainSlabDataset``, sample ``k`` a pure function of
+``(seed, k)``) and the one data order (``tapct_data.IterationBatchSampler``) live in
+``tapct_data`` and are re-exported here; this module turns ``--data`` into stores.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset, Sampler
+from tapct_data import IterationBatchSampler, PretrainSlabDataset, is_zarr_store
 
 from tapct_app.errors import UserError, user_errors_from
 
 __all__ = [
-    "IndexedSlabs",
     "IterationBatchSampler",
+    "PretrainSlabDataset",
+    "available_cores",
+    "build_store",
     "derive_seed",
-    "prepare_store",
+    "prepare_stores",
+    "store_summary",
     "write_demo_phantoms",
 ]
 
@@ -76,29 +77,48 @@ def write_demo_phantoms(folder: Path, count: int, shape: Sequence[int], seed: in
     return paths
 
 
-def prepare_store(
+def _is_store_folder(path: Path) -> bool:
+    """A folder holding only zarr scan stores (e.g. the shards of one archive)."""
+    if not path.is_dir() or is_zarr_store(path):
+        return False
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    return bool(entries) and all(is_zarr_store(p) for p in entries)
+
+
+def prepare_stores(
     sources: Sequence[str | Path],
     cache_dir: Path,
+    *,
+    on_error: str = "skip",
+    workers: int | None = None,
     progress: Callable[..., Any] | None = None,
-) -> Path:
-    """Return a zarr store holding ``sources``, building a cached one when needed.
+    console: Any = None,
+    convert: bool = True,
+) -> list[Path]:
+    """Return the zarr stores holding ``sources``, converting scans into a cached store.
 
-    A single zarr store is used as is. Scan files and DICOM folders are converted with
-    ``tapct_data.build_zarr_store`` into ``cache_dir/scans-<hash>.zarr``, where the hash
-    is of the resolved source paths, so a rerun with the same sources reuses (and
-    resumes) the cache.
+    Zarr stores and folders of stores (shards) are used as they are, as one dataset with
+    the rest. Every other source (scan files, folders, list files) is expanded with
+    ``tapct_data.expand_inputs`` and converted with ``tapct_data.build_zarr_store``
+    (skip-and-report, ``workers`` processes) into ``cache_dir/scans-<hash>.zarr``, where
+    the hash is of the resolved source paths, so a rerun reuses (and resumes) the cache.
 
     Args:
-        sources: Scan files, DICOM folders, or exactly one zarr store.
+        sources: Stores, folders of stores, scan files, folders or list files.
         cache_dir: Folder of the cache (under the run's output directory).
+        on_error: ``"skip"`` (report bad scans in the cache's ``skipped.jsonl``) or
+            ``"stop"`` (the first bad scan is the error).
+        workers: Conversion processes (default: the available cores).
         progress: Passed to ``build_zarr_store``.
+        console: A rich console for the one-line conversion summary, or None.
+        convert: False only returns the paths (other ranks, once the main one converted).
 
     Returns:
-        The store path.
+        The store paths (at least one).
 
     Raises:
-        UserError: If a source is missing, a zarr store is mixed with scans, or a scan
-            cannot be converted (the message names the file).
+        UserError: No source, a missing one, nothing readable (with the first reason and
+            the count), or with ``on_error="stop"`` the first bad scan (named).
     """
     if not sources:
         raise UserError("no training data given (use --data PATH)")
@@ -106,86 +126,94 @@ def prepare_store(
     for p in paths:
         if not p.exists():
             raise UserError(f"{p}: no such file or directory")
-    from tapct_data import is_zarr_store
-
-    stores = [p for p in paths if is_zarr_store(p)]
-    if stores:
-        if len(paths) != 1:
-            raise UserError(f"{stores[0]}: give one zarr store alone, not mixed with other data")
-        return stores[0]
-    resolved = sorted(str(p.resolve()) for p in paths)
-    key = hashlib.sha1(json.dumps(resolved).encode()).hexdigest()[:10]
-    store = cache_dir / f"scans-{key}.zarr"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    from tapct_data import build_zarr_store
-
-    with user_errors_from(", ".join(str(p) for p in paths) if len(paths) == 1 else "data"):
-        build_zarr_store([str(p) for p in paths], store, progress=progress, on_error="raise")
-    return store
-
-
-class IterationBatchSampler(Sampler[list[int]]):
-    """Yield this rank's micro-batches of sample indices, iteration by iteration.
-
-    Args:
-        start_iteration: First iteration to yield.
-        end_iteration: One past the last iteration.
-        samples_seen: Global sample index at ``start_iteration``.
-        batch_size: Samples per micro-batch.
-        accumulation_steps: Micro-batches per iteration on this rank.
-        rank: This process's rank.
-        world_size: Number of processes.
-    """
-
-    def __init__(
-        self,
-        start_iteration: int,
-        end_iteration: int,
-        samples_seen: int,
-        batch_size: int,
-        accumulation_steps: int,
-        rank: int,
-        world_size: int,
-    ) -> None:
-        self.start, self.end = start_iteration, end_iteration
-        self.samples_seen = samples_seen
-        self.batch_size, self.accum = batch_size, accumulation_steps
-        self.rank, self.world_size = rank, world_size
-
-    @property
-    def global_batch(self) -> int:
-        """Samples per iteration over all ranks and micro-batches."""
-        return self.batch_size * self.accum * self.world_size
-
-    def __len__(self) -> int:
-        return max(0, self.end - self.start) * self.accum
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for it in range(self.start, self.end):
-            base = self.samples_seen + (it - self.start) * self.global_batch
-            for a in range(self.accum):
-                shard = self.rank * self.accum + a
-                first = base + shard * self.batch_size
-                yield list(range(first, first + self.batch_size))
+    stores: list[Path] = []
+    scans: list[Path] = []
+    for p in paths:
+        if is_zarr_store(p):
+            stores.append(p)
+        elif _is_store_folder(p):
+            stores.extend(sorted(c for c in p.iterdir() if is_zarr_store(c)))
+        else:
+            scans.append(p)
+    if scans:
+        resolved = sorted(str(p.resolve()) for p in scans)
+        key = hashlib.sha1(json.dumps(resolved).encode()).hexdigest()[:10]
+        store = cache_dir / f"scans-{key}.zarr"
+        if convert:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            report = build_store(
+                scans, store, on_error=on_error, workers=workers, progress=progress
+            )
+            if console is not None:
+                console.print(store_summary(report), markup=False, highlight=False, soft_wrap=True)
+        stores.append(store)
+    return stores
 
 
-class IndexedSlabs(Dataset):
-    """Map-style view of ``tapct_data.PretrainSlabDataset``: index ``k`` -> sample ``k``.
-
-    ``PretrainSlabDataset[k]`` is a pure function of ``(seed, k)`` (a scan and a start
-    slice drawn from a generator seeded with both), so indexing it with the global sample
-    indices of :class:`IterationBatchSampler` gives every rank its own samples and makes
-    resume exact; a map-style wrapper lets the DataLoader use that sampler.
+def build_store(
+    inputs: Sequence[Path],
+    store: Path,
+    *,
+    on_error: str = "skip",
+    workers: int | None = None,
+    shard: tuple[int, int] | None = None,
+    progress: Callable[..., Any] | None = None,
+    listing: Any = None,
+) -> Any:
+    """Expand ``inputs`` and convert them into ``store``; a user error if nothing was read.
 
     Args:
-        dataset: An object whose ``[k]`` returns the slab ``(1, S, H0, W0)`` of sample ``k``.
+        inputs: Scan files, folders or list files (ignored when ``listing`` is given).
+        store: The store folder.
+        on_error: ``"skip"`` or ``"stop"``.
+        workers: Processes (default: the available cores, ``os.sched_getaffinity``).
+        shard: ``(k, n)`` or None.
+        progress: Passed to ``build_zarr_store``.
+        listing: An already expanded ``tapct_data.InputListing``.
+
+    Returns:
+        The ``tapct_data.StoreReport``.
+
+    Raises:
+        UserError: Bad ``on_error``; ``on_error="stop"`` and a bad scan; or no scan could
+            be read at all (the first reason and the count; nothing is left on disk).
     """
+    from tapct_data import build_zarr_store, expand_inputs
 
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
+    if on_error not in ("skip", "stop"):
+        raise UserError(f"--on-error {on_error!r}: expected skip or stop")
+    if listing is None:
+        with user_errors_from(inputs[0] if len(inputs) == 1 else "inputs"):
+            listing = expand_inputs(inputs)
+    n_workers = workers if workers is not None else available_cores()
+    try:
+        report = build_zarr_store(
+            listing, store, workers=n_workers, on_error=on_error, shard=shard, progress=progress
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if not report.written and not report.already_done:
+        if report.skipped:
+            raise UserError(
+                f"no scan could be read ({len(report.skipped)} skipped); the first: "
+                f"{report.skipped[0].reason}"
+            )
+        raise UserError(f"no scans found in {', '.join(str(p) for p in inputs)}")
+    return report
 
-    def __len__(self) -> int:
-        return 2**62
 
-    def __getitem__(self, index: int) -> Any:
-        return self.dataset[int(index)]
+def available_cores() -> int:
+    """Cores this process may run on (``os.sched_getaffinity``; ``os.cpu_count`` elsewhere)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def store_summary(report: Any) -> str:
+    """``N scans written, M skipped (see STORE/skipped.jsonl)`` for a `StoreReport`."""
+    n = len(report.written) + len(report.already_done)
+    text = f"{n} scans written, {len(report.skipped)} skipped (see {report.skipped_file})"
+    if report.already_done:
+        text += f"; {len(report.already_done)} of them already done"
+    return text

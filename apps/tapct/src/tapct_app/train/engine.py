@@ -38,10 +38,10 @@ from tapct_app.intensity import model_metadata
 from tapct_app.train import checkpoint as ckpt
 from tapct_app.train.config import PretrainConfig
 from tapct_app.train.data import (
-    IndexedSlabs,
     IterationBatchSampler,
+    PretrainSlabDataset,
     derive_seed,
-    prepare_store,
+    prepare_stores,
     write_demo_phantoms,
 )
 from tapct_app.train.distributed import (
@@ -289,7 +289,10 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 
 def _make_loader(
-    dataset: IndexedSlabs, sampler: IterationBatchSampler, config: PretrainConfig, dist: DistInfo
+    dataset: PretrainSlabDataset,
+    sampler: IterationBatchSampler,
+    config: PretrainConfig,
+    dist: DistInfo,
 ) -> Iterator[torch.Tensor]:
     from torch.utils.data import DataLoader
 
@@ -307,8 +310,8 @@ def _make_loader(
 
 def _prepare_data(
     config: PretrainConfig, output: Path, dist: DistInfo, console: Any
-) -> tuple[IndexedSlabs, Path]:
-    from tapct_data import ClipNormalize, PretrainSlabDataset, is_zarr_store
+) -> tuple[PretrainSlabDataset, list[Path]]:
+    from tapct_data import ClipNormalize, is_zarr_store
 
     cache = output / "cache"
     sources: list[str] = list(config.data.sources)
@@ -321,10 +324,10 @@ def _prepare_data(
     if dist.is_main:
         if console is not None and not all(is_zarr_store(s) for s in sources):
             console.print(f"[dim]preparing the zarr store cache for {len(sources)} source(s)[/]")
-        store = prepare_store(sources, cache)
+        store = prepare_stores(sources, cache, on_error=config.data.on_error, console=console)
     barrier()
-    if not dist.is_main:
-        store = prepare_store(sources, cache)
+    if not dist.is_main:  # the main process has built the cache
+        store = prepare_stores(sources, cache, convert=False)
     dataset = PretrainSlabDataset(
         store,
         slab_depth=config.data.slab_depth,
@@ -332,7 +335,7 @@ def _prepare_data(
         normalize=ClipNormalize(config.data.normalize),
         seed=config.seed,
     )
-    return IndexedSlabs(dataset), store
+    return dataset, store
 
 
 def _fmt_terms(values: dict[str, float]) -> str:
@@ -652,7 +655,7 @@ def _run(
             "world_size": dist.world_size,
             "global_batch": global_batch,
             "rank_checksums": list(checksums),
-            "store": str(store),
+            "store": ", ".join(str(p) for p in store),
             "checkpoint": str(last_ckpt) if last_ckpt else None,
             "model_dir": str(model_dir) if model_dir else None,
         }

@@ -1,0 +1,72 @@
+"""``tapct preprocess``: parallel, resumable, skip-and-report; shards train as one dataset."""
+
+from __future__ import annotations
+
+import json
+
+from tapct_app.cli import main
+
+
+def _tree(tmp_path):
+    from tapct_app.train.data import write_demo_phantoms
+
+    paths = write_demo_phantoms(tmp_path / "scans", 3, (12, 40, 40), seed=0)
+    bad = tmp_path / "scans" / "zz_notes.nii.gz"
+    bad.write_text("not a NIfTI file")
+    return [*paths, bad], bad
+
+
+def test_preprocess_skips_reports_and_resumes(tmp_path, capsys):
+    inputs, bad = _tree(tmp_path)
+    store = tmp_path / "s.zarr"
+    args = ["preprocess", *map(str, inputs), "-o", str(store), "--workers", "1"]
+    assert main(args) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"3 scans written, 1 skipped (see {store / 'skipped.jsonl'})"
+    rows = [json.loads(line) for line in (store / "skipped.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in rows] == [str(bad)] and rows[0]["reason"].startswith(str(bad))
+    assert main(args) == 0  # a rerun: nothing to do, the same report
+    assert "3 of them already done" in capsys.readouterr().out
+    # --on-error stop: the bad scan's one-line error, exit 2
+    assert main([*args[:-2], "-o", str(tmp_path / "stop.zarr"), "--on-error", "stop"]) == 2
+    assert capsys.readouterr().err.startswith(f"tapct: error: {bad}")
+
+
+def test_nothing_readable_is_exit_2_and_nothing_on_disk(tmp_path, capsys):
+    _inputs, bad = _tree(tmp_path)
+    out = tmp_path / "none.zarr"
+    assert main(["preprocess", str(bad), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tapct: error: no scan could be read (1 skipped); the first: ")
+    assert str(bad) in err and not out.exists()
+
+
+def test_dry_run_writes_nothing_but_the_list(tmp_path, capsys):
+    inputs, _bad = _tree(tmp_path)
+    listed = tmp_path / "list.txt"
+    args = ["preprocess", *map(str, inputs[:3]), "--dry-run", "--list-file", str(listed)]
+    assert main(args) == 0
+    assert "3 scans, 0 skipped" in capsys.readouterr().out
+    assert listed.read_text().splitlines() == [str(p) for p in inputs[:3]]
+
+
+def test_two_shards_hold_every_scan_once_and_pretrain_on_both(tmp_path, tiny_config, capsys):
+    import attrs
+    from tapct_app.train.engine import run_pretraining
+    from tapct_data import open_stores
+
+    inputs, _bad = _tree(tmp_path)
+    folder = tmp_path / "shards"
+    for k in range(2):
+        out = str(folder / f"shard-{k}.zarr")
+        assert main(["preprocess", *map(str, inputs), "-o", out, "--shard", f"{k}/2"]) == 0
+    both = open_stores(folder)
+    assert sorted(both.names) == ["phantom-000", "phantom-001", "phantom-002"]
+    assert [len(s) for s in both.stores] == [2, 1]  # 0/2: phantom-000, -002; 1/2: -001, notes
+    assert main(["preprocess", str(inputs[0]), "-o", str(tmp_path / "x"), "--shard", "2/2"]) == 2
+    cfg = tiny_config(2)
+    cfg = attrs.evolve(cfg, data=attrs.evolve(cfg.data, sources=(str(folder),)))
+    result = run_pretraining(cfg, tmp_path / "run", progress=False)
+    summary = json.loads((result.output / "summary.json").read_text())
+    assert summary["store"] == ", ".join(str(s.path) for s in both.stores)
+    assert summary["iterations_total"] == 2 and summary["last_loss"] == summary["last_loss"]
