@@ -26,6 +26,7 @@ from tapct_data import (
     build_zarr_store,
     write_volume,
 )
+from tapct_data._inputs_standin import expand_inputs  # TEMPORARY: tapct_data.expand_inputs
 from tapct_data.phantom import make_phantom
 
 
@@ -46,9 +47,11 @@ def main() -> None:
         nii = write_volume(image, tmp / "scan.nii.gz")
         del image
         t0 = time.perf_counter()
-        store = build_zarr_store([nii], tmp / "store.zarr")
+        store = build_zarr_store(expand_inputs([nii]), tmp / "store.zarr").path
         t_store = time.perf_counter() - t0
-        ds = PretrainSlabDataset(store, slab_depth=12, in_plane_size=(256, 256), seed=0)
+        ds = PretrainSlabDataset(
+            store, slab_depth=12, in_plane_size=(256, 256), normalize=norm, seed=0
+        )
         g = torch.Generator().manual_seed(0)
 
         ds[0]  # warm-up

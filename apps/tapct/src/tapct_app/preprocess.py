@@ -80,7 +80,9 @@ def preprocess_command(
             text = "".join(f"{s.path}\n" for s in listing.scans)
             list_file.write_text(text, encoding="utf-8")
             console.print(
-                f"list of {len(listing.scans)} scans written to {list_file}", markup=False
+                f"list of {len(listing.scans)} scans written to {list_file}",
+                markup=False,
+                soft_wrap=True,
             )
         return listing
     if output is None:

@@ -510,10 +510,10 @@ class ZarrVolumeStore:
         array = self._array(name)
         attributes = array.attrs
         return Volume(
-            data=torch.from_numpy(array[...].astype(np.float32))[None],
+            data=torch.from_numpy(np.asarray(array[...], dtype=np.float32))[None],
             spacing=attributes["spacing"],
             affine=np.asarray(attributes["affine"]),
-            source=attributes["source"],
+            source=str(attributes["source"]),
             metadata=dict(attributes.get("metadata", {})),  # type: ignore[arg-type]
         )
 

@@ -188,7 +188,12 @@ def build_store(
     n_workers = workers if workers is not None else available_cores()
     try:
         report = build_zarr_store(
-            listing, store, workers=n_workers, on_error=on_error, shard=shard, progress=progress
+            listing,
+            store,
+            workers=n_workers,
+            on_error="stop" if on_error == "stop" else "skip",
+            shard=shard,
+            progress=progress,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
