@@ -197,6 +197,11 @@ def _convert_one(task: _Task) -> _Outcome:
     return _Outcome(source, record=record)
 
 
+def _init_worker() -> None:
+    """One thread per worker process: the pool, not the threads, is the parallelism."""
+    torch.set_num_threads(1)
+
+
 def _pool_context() -> Any:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
@@ -211,7 +216,8 @@ def _run(tasks: Sequence[_Task], workers: int) -> Iterator[_Outcome]:
         for task in tasks:
             yield _convert_one(task)
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
+    context = _pool_context()
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
         pending: set[Future[_Outcome]] = set()
         queue = iter(tasks)
         try:
