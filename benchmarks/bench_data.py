@@ -24,9 +24,9 @@ from tapct_data import (
     MultiCropAugmentation,
     PretrainSlabDataset,
     build_zarr_store,
+    expand_inputs,
     write_volume,
 )
-from tapct_data._inputs_standin import expand_inputs  # TEMPORARY: tapct_data.expand_inputs
 from tapct_data.phantom import make_phantom
 
 

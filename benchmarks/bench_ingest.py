@@ -27,9 +27,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tapct_data import ClipNormalize, PretrainSlabDataset, Volume, ZarrVolumeStore, write_volume
+from tapct_data import (
+    ClipNormalize,
+    PretrainSlabDataset,
+    Volume,
+    ZarrVolumeStore,
+    expand_inputs,
+    write_volume,
+)
 from tapct_data import store as store_module
-from tapct_data._inputs_standin import expand_inputs  # TEMPORARY: tapct_data.expand_inputs
 from tapct_data.phantom import make_phantom
 
 

@@ -16,6 +16,9 @@ import pytest
 import torch
 import zarr
 from tapct_data import (
+    InputListing,
+    ScanSource,
+    Skipped,
     ZarrStoreCollection,
     ZarrVolumeStore,
     build_zarr_store,
@@ -23,9 +26,6 @@ from tapct_data import (
     read_volume,
     write_volume,
 )
-
-# TEMPORARY: tapct_data.ScanSource once helper "inputs" lands.
-from tapct_data._inputs_standin import InputListing, ScanSource, Skipped
 from tapct_data.phantom import make_phantom
 
 SMALL = {"chunks": (1, 16, 16), "slices_per_file": 4}
@@ -132,7 +132,7 @@ _CHILD = """
 import json, sys
 from pathlib import Path
 from tapct_data import build_zarr_store
-from tapct_data._inputs_standin import ScanSource
+from tapct_data import ScanSource
 paths, out = json.loads(sys.argv[1]), sys.argv[2]
 sources = [ScanSource(name=Path(p).name.split(".")[0], path=Path(p), kind="nifti") for p in paths]
 build_zarr_store(sources, out, chunks=(1, 16, 16), slices_per_file=4)

@@ -57,8 +57,7 @@ def test_volume_torchio_roundtrip(shared_data):
 
 
 def _slab_store(tmp_path):
-    from tapct_data import build_zarr_store, write_volume
-    from tapct_data._inputs_standin import ScanSource  # TEMPORARY: tapct_data.ScanSource
+    from tapct_data import ScanSource, build_zarr_store, write_volume
 
     sources = []
     for i, shape in enumerate(((20, 32, 32), (5, 32, 32), (14, 40, 24))):

@@ -33,8 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-# TEMPORARY: from .formats once helper "inputs" lands.
-from ._inputs_standin import AIR_HU
+from .formats import AIR_HU
 from .store import ZarrStoreCollection, ZarrVolumeStore, open_stores
 
 __all__ = ["PretrainSlabDataset"]

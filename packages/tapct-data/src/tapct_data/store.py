@@ -40,9 +40,8 @@ import torch
 import zarr
 
 from ._fault import fault_point
-
-# TEMPORARY: the stand-in until tapct_data.inputs / formats (helper "inputs") land on main.
-from ._inputs_standin import AIR_HU, InputListing, ScanSource, Skipped, is_zarr_store, read_scan
+from .formats import AIR_HU, is_zarr_store
+from .inputs import InputListing, ScanSource, Skipped, read_scan
 from .volume import Volume
 
 __all__ = [
