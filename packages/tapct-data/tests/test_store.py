@@ -78,6 +78,8 @@ def test_roundtrip_layout_and_reading(tmp_path):
     files = [p for p in (report.path / "scan0" / "c").rglob("*") if p.is_file()]
     assert len(files) == 3  # 9 slices, 4 per file
     assert report.skipped_file.read_text() == "" and store.skipped == ()
+    with pytest.raises(TypeError, match="expand_inputs"):
+        build_zarr_store([sources[0].path], report.path)  # type: ignore[list-item]
     again = build_zarr_store(sources, report.path, **SMALL)
     assert again.written == () and again.already_done == report.written
 

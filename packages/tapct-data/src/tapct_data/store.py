@@ -240,7 +240,14 @@ def _sources_of(
 ) -> tuple[list[ScanSource], list[Skipped]]:
     if isinstance(sources, InputListing):
         return list(sources.scans), list(sources.skipped)
-    return list(sources), []
+    items = list(sources)
+    wrong = next((s for s in items if not isinstance(s, ScanSource)), None)
+    if wrong is not None:
+        raise TypeError(
+            f"build_zarr_store takes ScanSource records, got {type(wrong).__name__} "
+            f"{wrong!r}; expand paths with tapct_data.expand_inputs(paths)"
+        )
+    return items, []
 
 
 def build_zarr_store(
@@ -286,6 +293,7 @@ def build_zarr_store(
         that read nothing leaves nothing on disk; the report still lists the skips.
 
     Raises:
+        TypeError: ``sources`` holds something else than `ScanSource` (e.g. paths).
         ValueError: Bad arguments, duplicate names, a folder that is not a scan store, or
             (``on_error="stop"``) the first bad source's error (its own type, e.g.
             ``NotCTError``, with the message naming the source).
