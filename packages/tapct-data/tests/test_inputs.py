@@ -232,7 +232,7 @@ def test_names_unique_and_stable_when_an_input_is_added(shared_data, tmp_path):
 
 def test_zarr_store_expanded_not_descended(shared_data, tmp_path):
     store = tmp_path / "data/cache.zarr"
-    build_zarr_store([shared_data / "ct/ct_small_slice.dcm"], store)
+    build_zarr_store(expand_inputs([shared_data / "ct/ct_small_slice.dcm"]), store)
     _copy(shared_data / "ct/example_ct_sm.nii.gz", store / "inner.nii.gz")
     assert is_zarr_store(store)
     listing = expand_inputs(tmp_path / "data")

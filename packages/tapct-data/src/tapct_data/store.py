@@ -378,14 +378,18 @@ def build_zarr_store(
     )
 
 
-def _check_format(path: Path) -> None:
+def _check_format(path: Path, *, reading: bool = False) -> bool:
+    """True for a scan store of this format; False for a foreign zarr group when reading."""
     attrs_ = json.loads((path / "zarr.json").read_text(encoding="utf-8")).get("attributes", {})
     version = attrs_.get("format_version")
+    if version is None and reading:
+        return False  # a zarr group not written by build_zarr_store: no scans
     if version != FORMAT_VERSION:
         raise ValueError(
             f"{path}: a scan store of format {version!r}, this tapct reads format "
             f"{FORMAT_VERSION}; rebuild it with tapct preprocess into a new folder"
         )
+    return True
 
 
 def _remove_temporaries(path: Path) -> None:
@@ -455,22 +459,23 @@ class ZarrVolumeStore:
     """Read access to a store made by `build_zarr_store` (complete scans only).
 
     Opening reads two small files and lists one folder, whatever the number of scans; a
-    scan's array metadata is read when the scan is first used.
+    scan's array metadata is read when the scan is first used. A zarr group not written by
+    `build_zarr_store` holds no scans (``names == []``).
 
     Args:
         path: The store folder.
 
     Raises:
         FileNotFoundError: no scan store at ``path``.
-        ValueError: a store of another format version.
+        ValueError: a scan store of another format version (rebuild it).
     """
 
     def __init__(self, path: str | PathLike[str]) -> None:
         self.path = Path(path)
         if not (self.path / "zarr.json").is_file():
             raise FileNotFoundError(f"{self.path}: no zarr scan store")
-        _check_format(self.path)
-        self._index = _load_index(self.path)
+        ours = _check_format(self.path, reading=True)
+        self._index = _load_index(self.path) if ours else {}
         self.names: list[str] = list(self._index)
         self._arrays: dict[str, zarr.Array] = {}
 
