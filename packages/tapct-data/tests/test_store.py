@@ -23,6 +23,7 @@ from tapct_data import (
     ZarrVolumeStore,
     build_zarr_store,
     open_stores,
+    read_scan,
     read_volume,
     write_volume,
 )
@@ -94,7 +95,10 @@ def test_skip_report_rerun_retries_and_stop(tmp_path, shared_data):
     rows = [json.loads(line) for line in report.skipped_file.read_text().splitlines()]
     assert [r["path"] for r in rows] == ["x/trunc.dcm", str(mha), str(sources[2])]
     assert rows[1]["reason"].startswith(str(mha)) and "2D image" in rows[1]["reason"]
-    assert rows[2]["reason"].startswith(str(sources[2]))
+    for row, source in zip(rows[1:], (sources[3], sources[2]), strict=True):
+        with pytest.raises(ValueError) as err:  # the reader's own one-line error
+            read_scan(source)
+        assert row["reason"] == " ".join(str(err.value).split())
     assert ZarrVolumeStore(report.path).skipped == report.skipped
     # A rerun retries the skipped sources and rewrites the report.
     write_volume(make_phantom((4, 16, 16))[0], sources[2].path)

@@ -138,11 +138,12 @@ def _write_json_atomic(path: Path, text: str) -> None:
 
 
 def _reason(source: ScanSource, exc: BaseException) -> str:
-    """The one-line error of a bad source: the reader's message (it names the source)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, ValueError) or text.startswith(str(source)):
-        return text if text.startswith(str(source)) else f"{source}: {text}"
-    return f"{source}: {type(exc).__name__}: {text}"
+    """The one-line error of a bad source: the reader's message on one line (it names the
+    source; prefixed with it when it does not), as the CLI prints it."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, ValueError):
+        text = f"{type(exc).__name__}: {text}"
+    return text if text.startswith(str(source)) else f"{source}: {text}"
 
 
 def _convert_one(task: _Task) -> _Outcome:
