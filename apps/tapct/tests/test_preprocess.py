@@ -60,6 +60,7 @@ def test_two_shards_hold_every_scan_once_and_pretrain_on_both(tmp_path, tiny_con
     for k in range(2):
         out = str(folder / f"shard-{k}.zarr")
         assert main(["preprocess", *map(str, inputs), "-o", out, "--shard", f"{k}/2"]) == 0
+    (folder / "slurm-1.out").write_text("a log beside the shards\n")
     both = open_stores(folder)
     assert sorted(both.names) == ["phantom-000", "phantom-001", "phantom-002"]
     assert [len(s) for s in both.stores] == [2, 1]  # 0/2: phantom-000, -002; 1/2: -001, notes

@@ -78,11 +78,15 @@ def write_demo_phantoms(folder: Path, count: int, shape: Sequence[int], seed: in
 
 
 def _is_store_folder(path: Path) -> bool:
-    """A folder holding only zarr scan stores (e.g. the shards of one archive)."""
+    """A folder of zarr scan stores (e.g. shards), maybe with logs beside them, no scans."""
+    from tapct_data import image_suffix
+
     if not path.is_dir() or is_zarr_store(path):
         return False
     entries = [p for p in path.iterdir() if not p.name.startswith(".")]
-    return bool(entries) and all(is_zarr_store(p) for p in entries)
+    stores = [p for p in entries if is_zarr_store(p)]
+    others = [p for p in entries if p not in stores]
+    return bool(stores) and not any(p.is_dir() or image_suffix(p) for p in others)
 
 
 def prepare_stores(
