@@ -1,25 +1,29 @@
 """Pretraining dataset: sample ``k`` -> a slab of whole slices read chunk-wise from scan stores.
 
-Loader design (issue 9 item 5, measured with ``benchmarks/bench_ingest.py`` on a
-300x512x512 scan, one core, zarr 3.1, CPU time per (12, 512, 512) sample):
+Loader design (issue 9 item 5). CPU time per (12, 512, 512) sample on one core of a
+300x512x512 scan (zarr 3.1; ``time.process_time``, so zarr's decoding threads count; the
+2-core machine was shared, load average 5-8, so figures are upper bounds):
 
-=====================================  ==========
-read, zstd (8, 256, 256) chunks (old)  21.8 ms
-read, blosc-lz4+shuffle (1, 512, 512)  8.5 ms
-read, the same in 32-slice files       10.2 ms   <- the store's default layout
-in-plane resize 512 -> 224 (antialias)  10.9 ms
-int16 -> float32 + clip/normalise        2.9 ms
-=====================================  ==========
+=========================================  ==========
+zarr read, zstd (8, 256, 256) chunks (old)  21.8 ms
+zarr read, blosc-lz4+shuffle (1, 512, 512)   8.5 ms
+the same in 32-slice files (the default)    10.2 ms
+in-plane resize 512 -> 224 (antialiased)    10.9 ms
+int16 -> float32 + clip/normalise            2.9 ms
+``dataset[k]``, default (int16, 512 x 512)   9.9 ms   (``benchmarks/bench_ingest.py``)
+``dataset[k]``, resize 224 + ClipNormalize  24.8 ms
+=========================================  ==========
 
 So the CPU keeps to reading: with ``normalize=None`` (the default) a sample is the stored
 int16 HU slab at the canvas size ``in_plane_size`` (default 512 x 512, the size of nearly
 every CT slice), untouched for scans of that size; clip/normalise and the in-plane resize
 run on the training device, where the batched multi-crop resamples from any input size
 (the resize fuses into the crop). About 10 ms of CPU per sample: one core feeds about
-100 samples/s. Scans of another in-plane size are resized on the CPU to the canvas
-(bilinear, antialiased, then rounded to int16), which costs those samples about 10 ms
-more. Passing ``normalize`` (e.g. `ClipNormalize`) and a small ``in_plane_size`` returns
-float32 normalised slabs resized on the CPU instead (small runs, the CPU demo).
+100 samples/s (the issue's budget: 15 ms). Scans of another in-plane size are resized
+on the CPU to the canvas (bilinear, antialiased, then rounded to int16), which costs
+those samples about 10 ms more. Passing ``normalize`` (e.g. `ClipNormalize`) and a small
+``in_plane_size`` returns float32 normalised slabs resized on the CPU instead (small
+runs, the CPU demo, and today's training engine).
 """
 
 from __future__ import annotations
