@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from tapct_data import (
+    ClipNormalize,
     Volume,
     read_volume,
     resample_to_spacing,
