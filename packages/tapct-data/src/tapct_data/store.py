@@ -18,7 +18,8 @@ temporary name and renamed into place (``os.replace``; a zarr v3 local array is 
 the rename is atomic), then its index record is written atomically (temporary file and
 rename). Readers list only scans with a record, so a half-written array is never visible.
 Rerunning a build skips scans whose record holds the same source, retries every skipped
-source, rewrites ``skipped.jsonl`` and removes stale temporaries.
+source, rewrites ``skipped.jsonl`` and removes stale temporaries. One build per store at a
+time (shards write separate stores); any number of readers, also during a build.
 """
 
 from __future__ import annotations
