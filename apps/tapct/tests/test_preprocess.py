@@ -43,11 +43,19 @@ def test_nothing_readable_is_exit_2_and_nothing_on_disk(tmp_path, capsys):
 
 def test_dry_run_writes_nothing_but_the_list(tmp_path, capsys):
     inputs, _bad = _tree(tmp_path)
-    listed = tmp_path / "list.txt"
+    from tapct_data import expand_inputs
+
+    listed = tmp_path / "list.csv"
     args = ["preprocess", *map(str, inputs[:3]), "--dry-run", "--list-file", str(listed)]
     assert main(args) == 0
     assert "3 scans, 0 skipped" in capsys.readouterr().out
-    assert listed.read_text().splitlines() == [str(p) for p in inputs[:3]]
+    assert expand_inputs([listed]).scans == expand_inputs(inputs[:3]).scans
+    assert main(["preprocess", str(listed), "-o", str(tmp_path / "s.zarr")]) == 0
+    assert (
+        capsys.readouterr()
+        .out.strip()
+        .endswith(f"3 scans written, 0 skipped (see {tmp_path / 's.zarr' / 'skipped.jsonl'})")
+    )
 
 
 def test_two_shards_hold_every_scan_once_and_pretrain_on_both(tmp_path, tiny_config, capsys):

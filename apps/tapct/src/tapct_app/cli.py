@@ -327,7 +327,7 @@ def preprocess(
     ] = False,
     list_file: Annotated[
         Path | None,
-        typer.Option("--list-file", help="With --dry-run: write the scans as a .txt list."),
+        typer.Option("--list-file", help="With --dry-run: write the scans as a .csv listing."),
     ] = None,
 ) -> None:
     """Convert scans into a chunked zarr store for pretraining (parallel, resumable).

@@ -55,8 +55,9 @@ def preprocess_command(
         shard: ``"K/N"``: only every N-th source from the K-th (0-based) of the sorted list.
         on_error: ``"skip"`` or ``"stop"``.
         dry_run: Print what would be read (scans, skipped, left out), write nothing.
-        list_file: With ``dry_run``: also write the scans' paths, one per line (a ``.txt``
-            list file that every shard can read instead of walking the archive).
+        list_file: With ``dry_run``: also write the listing as a ``.csv`` file
+            (``tapct_data.write_listing``) that every shard reads instead of walking the
+            archive.
 
     Returns:
         The ``tapct_data.StoreReport``, or the ``InputListing`` with ``dry_run``.
@@ -65,7 +66,7 @@ def preprocess_command(
         UserError: A missing input, nothing readable (first reason and count; nothing is
             left on disk), or with ``on_error="stop"`` the first bad scan (named).
     """
-    from tapct_data import expand_inputs
+    from tapct_data import expand_inputs, format_listing, write_listing
 
     from tapct_app.scans import check_inputs_exist
     from tapct_app.train.data import build_store, store_summary
@@ -74,11 +75,11 @@ def preprocess_command(
     with user_errors_from(inputs[0] if len(inputs) == 1 else "inputs"):
         listing = expand_inputs(inputs)
     if dry_run:
-        _print_listing(listing, console)
+        for line in format_listing(listing):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         if list_file is not None:
-            list_file.parent.mkdir(parents=True, exist_ok=True)
-            text = "".join(f"{s.path}\n" for s in listing.scans)
-            list_file.write_text(text, encoding="utf-8")
+            with user_errors_from(list_file):
+                write_listing(listing, list_file)
             console.print(
                 f"list of {len(listing.scans)} scans written to {list_file}",
                 markup=False,
@@ -99,23 +100,6 @@ def preprocess_command(
     )
     console.print(store_summary(report), markup=False, highlight=False, soft_wrap=True)
     return report
-
-
-def _print_listing(listing: Any, console: Any) -> None:
-    for source in listing.scans:
-        console.print(
-            f"scan     {source.name}  {source}", markup=False, highlight=False, soft_wrap=True
-        )
-    for skipped in listing.skipped:
-        console.print(f"skipped  {skipped.reason}", markup=False, highlight=False, soft_wrap=True)
-    left = ", ".join(f"{n} {what}" for what, n in sorted(listing.left_out.items()))
-    console.print(
-        f"{len(listing.scans)} scans, {len(listing.skipped)} skipped"
-        + (f", left out: {left}" if left else ""),
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
 
 
 def default_workers() -> int:

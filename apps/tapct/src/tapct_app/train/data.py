@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from tapct_app.errors import UserError, user_errors_from
 __all__ = [
     "IterationBatchSampler",
     "PretrainSlabDataset",
-    "available_cores",
     "build_store",
     "derive_seed",
     "prepare_stores",
@@ -170,7 +168,8 @@ def build_store(
         inputs: Scan files, folders or list files (ignored when ``listing`` is given).
         store: The store folder.
         on_error: ``"skip"`` or ``"stop"``.
-        workers: Processes (default: the available cores, ``os.sched_getaffinity``).
+        workers: Processes (default: ``tapct_app.preprocess.default_workers()``, the
+            available cores).
         shard: ``(k, n)`` or None.
         progress: Passed to ``build_zarr_store``.
         listing: An already expanded ``tapct_data.InputListing``.
@@ -189,7 +188,9 @@ def build_store(
     if listing is None:
         with user_errors_from(inputs[0] if len(inputs) == 1 else "inputs"):
             listing = expand_inputs(inputs)
-    n_workers = workers if workers is not None else available_cores()
+    from tapct_app.preprocess import default_workers
+
+    n_workers = workers if workers is not None else default_workers()
     try:
         report = build_zarr_store(
             listing,
@@ -209,14 +210,6 @@ def build_store(
             )
         raise UserError(f"no scans found in {', '.join(str(p) for p in inputs)}")
     return report
-
-
-def available_cores() -> int:
-    """Cores this process may run on (``os.sched_getaffinity``; ``os.cpu_count`` elsewhere)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
 
 
 def store_summary(report: Any) -> str:
