@@ -38,9 +38,9 @@ from typing import Any
 
 import attrs
 import numpy as np
+from tapct_data.faults import fault_point
 
 from tapct_app.errors import UserError, one_line
-from tapct_app.faults import fault_point
 
 __all__ = ["EMBED_FORMAT", "EmbedReport", "embed_command", "pca_rgb", "save_pca_figure"]
 

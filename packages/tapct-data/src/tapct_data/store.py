@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import zarr
 
-from ._fault import fault_point
+from .faults import fault_point
 from .formats import AIR_HU, is_zarr_store
 from .inputs import InputListing, ScanSource, Skipped, read_scan
 from .volume import Volume

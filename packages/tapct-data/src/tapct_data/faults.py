@@ -1,0 +1,45 @@
+"""Deterministic fault injection for the crash (kill -9) tests: ``TAPCT_FAULT=POINT:N``.
+
+Code calls :func:`fault_point` where a crash matters (between two writes, after a scan is
+committed). When the environment variable ``TAPCT_FAULT`` names that point, e.g.
+``TAPCT_FAULT=store.after_write:3``, the process sends itself ``SIGKILL`` on the N-th
+pass: no ``finally``, no ``atexit``, exactly what ``kill -9`` or the OOM killer does.
+Counts are per process. Unset (every normal run), a call costs one dictionary lookup.
+The one implementation for the library and the ``tapct`` app (which imports it).
+
+Points in use: ``store.mid_write``, ``store.after_write``, ``store.after_record``
+(`tapct_data.build_zarr_store`), ``embed.after_scan`` (``tapct embed``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+__all__ = ["FAULT_ENV", "fault_point"]
+
+#: The environment variable read by :func:`fault_point`.
+FAULT_ENV = "TAPCT_FAULT"
+
+_COUNTS: Counter[str] = Counter()
+
+
+def fault_point(name: str) -> None:
+    """Die with ``SIGKILL`` here when ``$TAPCT_FAULT`` is ``name:N`` and this is pass N.
+
+    Args:
+        name: The point, ``"<component>.<where>"`` (e.g. ``"store.after_write"``).
+
+    Raises:
+        ValueError: ``N`` in ``$TAPCT_FAULT`` is not an integer.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    point, _, count = spec.partition(":")
+    if point != name:
+        return
+    _COUNTS[name] += 1
+    if _COUNTS[name] >= int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
