@@ -178,7 +178,7 @@ class TeacherTargets(nn.Module):
             self._pending_count = self._pending_count + count.to(self._pending_count.dtype)
 
     @torch.no_grad()
-    def apply_center_update(self) -> None:
+    def apply_center_update(self, skip: torch.Tensor | None = None) -> None:
         """Apply ``c <- m c + (1 - m) mean(z)`` with the accumulated logits.
 
         The sum and the count are all-reduced in one collective when
@@ -186,6 +186,11 @@ class TeacherTargets(nn.Module):
         teacher logits since the last call. No-op when nothing is pending; when the
         global count is 0 (e.g. no masked patch anywhere) the center is kept.
         Every process must call it the same number of times.
+
+        Args:
+            skip: optional 0-dim bool tensor: where True the center is kept exactly
+                (and the pending statistics dropped), decided on the device without a
+                host sync (a step whose loss or gradient was not finite).
         """
         if self._pending_sum is None or self._pending_count is None:
             return
@@ -196,7 +201,11 @@ class TeacherTargets(nn.Module):
         batch_center = (stats[:-1] / total.clamp_min(1.0)).to(self.center.dtype)
         # no host sync: with a global count of 0 the momentum becomes 1 (center kept)
         momentum = torch.where(total > 0, self.center_momentum, 1.0).to(self.center.dtype)
-        self.center.mul_(momentum).add_((1.0 - momentum) * batch_center.view_as(self.center))
+        if skip is None:
+            self.center.mul_(momentum).add_((1.0 - momentum) * batch_center.view_as(self.center))
+            return
+        new = self.center * momentum + (1.0 - momentum) * batch_center.view_as(self.center)
+        self.center.copy_(torch.where(skip, self.center, new))  # a NaN batch never leaks in
 
     @property
     def has_pending_update(self) -> bool:

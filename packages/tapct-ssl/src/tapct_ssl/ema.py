@@ -22,7 +22,12 @@ def _named(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def update_ema(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+def update_ema(
+    teacher: nn.Module,
+    student: nn.Module,
+    momentum: float,
+    skip: torch.Tensor | None = None,
+) -> None:
     """In place ``teacher <- momentum * teacher + (1 - momentum) * student``.
 
     Parameters are matched by name (wrapper prefixes such as ``module.`` and
@@ -35,6 +40,10 @@ def update_ema(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         teacher: module updated in place.
         student: module with the same parameter names and shapes.
         momentum: in [0, 1] (paper: cosine 0.992 -> 1.0).
+        skip: optional 0-dim bool tensor on the parameters' device: where True the
+            teacher is left exactly as it is, decided on the device without a host sync
+            (a training step whose loss or gradient was not finite, as fused AdamW's
+            ``found_inf``). The update is then one ``lerp`` towards the student.
 
     Raises:
         ValueError: momentum outside [0, 1], or parameter names/shapes that differ.
@@ -53,6 +62,10 @@ def update_ema(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         if t.shape != s.shape:
             raise ValueError(f"{n}: teacher {tuple(t.shape)} vs student {tuple(s.shape)}")
     if not t_params or momentum == 1.0:
+        return
+    if skip is not None:
+        weight = torch.where(skip, 0.0, 1.0 - momentum).to(t_params[0].dtype)  # ()
+        torch._foreach_lerp_(t_params, s_params, weight)
         return
     if momentum == 0.0:
         torch._foreach_copy_(t_params, s_params)

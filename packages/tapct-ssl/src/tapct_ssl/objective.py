@@ -593,7 +593,7 @@ class DINOv2Objective(nn.Module):
         )
 
     @torch.no_grad()
-    def update(self, momentum: float) -> None:
+    def update(self, momentum: float, skip: torch.Tensor | None = None) -> None:
         """Once per optimizer step, after ``optimizer.step()``: centers, then EMA.
 
         Applies the pending DINO and iBOT center updates (mean of every teacher output
@@ -602,12 +602,16 @@ class DINOv2Objective(nn.Module):
 
         Args:
             momentum: teacher EMA momentum in [0, 1] (paper: cosine 0.992 -> 1.0).
+            skip: optional 0-dim bool tensor on the objective's device; where True the
+                centers and the teacher stay exactly as they are (the step's loss or
+                gradient was not finite), decided on the device without a host sync,
+                as fused AdamW's ``found_inf`` skips its update.
 
         Raises:
             ValueError: momentum outside [0, 1].
         """
         if not 0.0 <= float(momentum) <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        self.dino_loss.apply_center_update()
-        self.ibot_patch_loss.apply_center_update()
-        update_ema(self.teacher, self.student, float(momentum))
+        self.dino_loss.apply_center_update(skip)
+        self.ibot_patch_loss.apply_center_update(skip)
+        update_ema(self.teacher, self.student, float(momentum), skip=skip)
