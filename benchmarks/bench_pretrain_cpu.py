@@ -26,7 +26,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from tapct_app.pretrain import resolve_pretrain_config
-    from tapct_app.train.engine import run_pretraining
+    from tapct_app.train.loop import run_pretraining
 
     cfg = resolve_pretrain_config(None, [], iterations=args.iterations, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:

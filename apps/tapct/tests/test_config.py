@@ -29,7 +29,7 @@ def test_every_shipped_config_loads_and_builds_library_configs(name):
 
 
 def test_tap_b_3d_config_has_table7_values():
-    from tapct_app.train.engine import build_optim_config, objective_config
+    from tapct_app.train.build import build_optim_config, objective_config
 
     cfg = resolve_pretrain_config("tap_b_3d", ["/scans"])
     assert cfg.model.name == "tap_b_3d" and cfg.model.drop_path_rate == 0.2

@@ -8,7 +8,7 @@ import attrs
 import pytest
 import torch
 from tapct_app.train import checkpoint as ckpt
-from tapct_app.train.engine import TrainingDivergedError, run_pretraining
+from tapct_app.train.loop import TrainingDivergedError, run_pretraining
 
 
 def _final_state(folder):

@@ -2,7 +2,7 @@
 
 The package is an application; its importable pieces (the pretraining engine in
 :mod:`tapct_app.train`, the jobs behind each command) are documented for reuse from
-Python, e.g. ``tapct_app.train.engine.run_pretraining(config, output)``.
+Python, e.g. ``tapct_app.train.loop.run_pretraining(config, output)``.
 """
 
 __all__: list[str] = []

@@ -79,7 +79,7 @@ def resolve_pretrain_config(
     if device is not None:
         updates["device"] = device
     cfg = load_config(PretrainConfig, config, updates=updates, overrides=overrides)
-    from tapct_app.train.engine import build_optim_config, objective_config
+    from tapct_app.train.build import build_optim_config, objective_config
 
     build_optim_config(cfg)  # validate the library sections now, with a clear message
     objective_config(cfg)
@@ -157,7 +157,7 @@ def pretrain_command(
     """
     import os
 
-    from tapct_app.train.engine import run_pretraining
+    from tapct_app.train.loop import run_pretraining
 
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         from rich.console import Console
@@ -220,7 +220,7 @@ def export_command(checkpoint: Path, output: Path, which: str, console: Any) -> 
     from tapct_app.intensity import model_metadata
     from tapct_app.outputs import atomic_output_dir
     from tapct_app.train.checkpoint import latest_checkpoint, load_checkpoint
-    from tapct_app.train.engine import build_backbone
+    from tapct_app.train.build import build_backbone
 
     if which not in ("teacher", "student"):
         raise UserError(f"--which {which!r}: expected teacher or student")

@@ -17,6 +17,7 @@ import torch.distributed as dist
 __all__ = [
     "DistInfo",
     "all_gather_floats",
+    "all_reduce_max_",
     "any_true",
     "barrier",
     "cleanup_distributed",
@@ -137,6 +138,21 @@ def any_true(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def all_reduce_max_(tensor: torch.Tensor) -> torch.Tensor:
+    """In place MAX over ranks of a tensor on the process group's device (no host sync).
+
+    Args:
+        tensor: This rank's values (same shape and dtype on every rank).
+
+    Returns:
+        ``tensor``, now holding the element-wise maximum over ranks (unchanged in a
+        single process).
+    """
+    if _active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
 
 
 def all_gather_floats(values: Sequence[float], device: torch.device) -> list[list[float]]:

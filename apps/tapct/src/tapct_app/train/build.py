@@ -1,0 +1,375 @@
+"""Building the parts of a pretraining run from its config (no training, no I/O of results).
+
+Each ``build_*`` turns one section of :class:`~tapct_app.train.config.PretrainConfig`
+into a library object: the backbone (``tapct_vit3d``), the DINOv2 objective and its
+optimizer and schedules (``tapct_ssl``), the multi-crop augmenter (``tapct_data``), and
+the data: sources -> zarr store -> slab dataset (:func:`build_data`, the one place where
+the data and its normalisation are set up). :func:`build_parts` assembles what the
+training step needs into a :class:`TrainParts` record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import torch
+from torch import nn
+
+from tapct_app.errors import UserError
+from tapct_app.train.config import PretrainConfig
+from tapct_app.train.data import (
+    IndexedSlabs,
+    IterationBatchSampler,
+    derive_seed,
+    prepare_store,
+    write_demo_phantoms,
+)
+from tapct_app.train.distributed import DistInfo, barrier
+
+if TYPE_CHECKING:  # the libraries are imported lazily, for a fast CLI start
+    from collections.abc import Iterator
+
+    from tapct_ssl import DINOv2Objective, Schedules
+    from tapct_vit3d import VisionTransformer3d
+
+__all__ = [
+    "Augmenter",
+    "TrainParts",
+    "build_backbone",
+    "build_data",
+    "build_loader",
+    "build_objective",
+    "build_optim_config",
+    "build_optimizer",
+    "build_parts",
+    "objective_config",
+    "wrap_ddp",
+]
+
+
+def build_backbone(config: PretrainConfig) -> VisionTransformer3d:
+    """Create the student backbone from the config's model section.
+
+    Args:
+        config: The run config.
+
+    Returns:
+        A ``tapct_vit3d.VisionTransformer3d``.
+
+    Raises:
+        UserError: If the preset is unknown or an override is rejected.
+    """
+    from tapct_vit3d import create_model
+
+    kwargs = dict(config.model.overrides)
+    kwargs.setdefault("drop_path_rate", config.model.drop_path_rate)
+    try:
+        return create_model(config.model.name, **kwargs)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"model {config.model.name!r}: {exc}") from exc
+
+
+def objective_config(config: PretrainConfig) -> Any:
+    """Build the ``tapct_ssl.DINOv2ObjectiveConfig`` from the ``objective`` section.
+
+    Args:
+        config: The run config.
+
+    Returns:
+        The objective config (paper defaults for absent keys).
+
+    Raises:
+        UserError: If the section has an unknown or invalid key.
+    """
+    from tapct_ssl import DINOv2ObjectiveConfig
+
+    try:
+        return DINOv2ObjectiveConfig(**config.objective)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"config section 'objective': {exc}") from exc
+
+
+def build_objective(config: PretrainConfig, backbone: nn.Module) -> DINOv2Objective:
+    """Wrap the backbone in the DINOv2 objective (student, EMA teacher, heads, losses).
+
+    Args:
+        config: The run config.
+        backbone: The student backbone.
+
+    Returns:
+        A ``tapct_ssl.DINOv2Objective``.
+
+    Raises:
+        UserError: If the ``objective`` section has an unknown or invalid key.
+    """
+    from tapct_ssl import DINOv2Objective
+
+    return DINOv2Objective(backbone, objective_config(config))
+
+
+def build_optim_config(config: PretrainConfig) -> Any:
+    """Build the ``tapct_ssl.OptimConfig`` of the run from the ``optim`` section.
+
+    Args:
+        config: The run config.
+
+    Returns:
+        A ``tapct_ssl.OptimConfig`` (paper defaults for absent keys).
+
+    Raises:
+        UserError: If the section has an unknown or invalid key.
+    """
+    from tapct_ssl import OptimConfig
+
+    try:
+        return OptimConfig(**config.optim)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"config section 'optim': {exc}") from exc
+
+
+def build_optimizer(optim_config: Any, objective: DINOv2Objective) -> torch.optim.Optimizer:
+    """Fused AdamW over the student's parameter groups (layer-wise lr decay, no decay on
+    biases, norms, tokens; ``tapct_ssl.get_params_groups``).
+
+    Fused AdamW (one kernel per step, on CUDA and CPU) also honours ``found_inf``: the
+    training step sets it on the device so a non-finite step is skipped there, without
+    reading a value back to the host.
+
+    Args:
+        optim_config: A ``tapct_ssl.OptimConfig`` (betas).
+        objective: The objective whose student is optimised.
+
+    Returns:
+        The optimizer; lr and weight decay are set per step by the schedules.
+    """
+    from tapct_ssl import get_params_groups
+
+    groups = get_params_groups(
+        objective.student,
+        layerwise_decay=optim_config.layerwise_decay,
+        patch_embed_lr_mult=optim_config.patch_embed_lr_mult,
+    )
+    betas = (optim_config.adamw_beta1, optim_config.adamw_beta2)
+    return torch.optim.AdamW(groups, betas=betas, fused=True)
+
+
+class Augmenter:
+    """Slabs -> multi-crops -> masked, collated batch, on the slabs' device.
+
+    Args:
+        config: The run config (``crops`` and ``masking`` sections).
+        patch_size: The backbone's ``(pd, ph, pw)``; crop sizes must be multiples of it.
+
+    Raises:
+        UserError: If a crop size is not a multiple of the patch size.
+    """
+
+    def __init__(self, config: PretrainConfig, patch_size: tuple[int, int, int]) -> None:
+        from tapct_data import MaskingGenerator3d, MultiCropAugmentation
+
+        c, m = config.crops, config.masking
+        self.augment = MultiCropAugmentation(
+            global_crops_size=c.global_crops_size,
+            local_crops_size=c.local_crops_size,
+            local_crops_number=c.local_crops_number,
+            global_crops_scale=c.global_crops_scale,
+            local_crops_scale=c.local_crops_scale,
+            **c.extra,
+        )
+        for size in (c.global_crops_size, c.local_crops_size):
+            if any(s % q for s, q in zip(size, patch_size, strict=True)):
+                raise UserError(f"crop size {size} is not a multiple of patch size {patch_size}")
+        grid = tuple(s // q for s, q in zip(c.global_crops_size, patch_size, strict=True))
+        self.mask_generator = MaskingGenerator3d(input_size=grid, **m.extra)
+        self.mask_ratio = m.mask_ratio
+        self.mask_probability = m.mask_probability
+
+    def __call__(self, slabs: torch.Tensor, seed: int) -> dict[str, Any]:
+        """Crop and mask one micro-batch.
+
+        Args:
+            slabs: ``(B, 1, S, H0, W0)`` float32 on the training device.
+            seed: The micro-batch's seed (``derive_seed(run seed, iteration, shard)``).
+
+        Returns:
+            ``tapct_data.collate_data_and_cast``'s batch (global/local crops, masks,
+            mask indices and weights).
+        """
+        from tapct_data import collate_data_and_cast
+
+        gen = torch.Generator(device=slabs.device).manual_seed(derive_seed(seed, "crops"))
+        crops = self.augment(slabs, generator=gen)
+        mask_gen = torch.Generator().manual_seed(derive_seed(seed, "masks"))
+        return collate_data_and_cast(
+            crops,
+            mask_generator=self.mask_generator,
+            mask_ratio_tuple=self.mask_ratio,
+            mask_probability=self.mask_probability,
+            dtype=torch.float32,
+            generator=mask_gen,
+        )
+
+
+def build_data(
+    config: PretrainConfig, output: Path, dist: DistInfo, console: Any = None
+) -> tuple[IndexedSlabs, Path]:
+    """Sources -> zarr store (cached under ``output/cache``) -> normalised slab dataset.
+
+    Rank 0 builds the store (or the demo phantoms); the other ranks wait, then open it.
+
+    Args:
+        config: The run config (``data`` section, ``seed``).
+        output: The run directory.
+        dist: This process's place in the job.
+        console: A rich console for a short message, or None.
+
+    Returns:
+        ``(dataset, store)``: the map-style dataset (index ``k`` -> slab
+        ``(1, S, H0, W0)`` float32, clipped and z-normalised) and the store path.
+
+    Raises:
+        UserError: If a source is missing or cannot be converted.
+    """
+    from tapct_data import ClipNormalize, PretrainSlabDataset, is_zarr_store
+
+    cache = output / "cache"
+    sources: list[str] = list(config.data.sources)
+    if not sources:  # the built-in demo: CT phantoms
+        if dist.is_main:
+            d = config.data
+            write_demo_phantoms(cache / "phantoms", d.phantom_count, d.phantom_shape, config.seed)
+        barrier()
+        sources = [str(p) for p in sorted((cache / "phantoms").glob("phantom-*.nii.gz"))]
+    if dist.is_main:
+        if console is not None and not all(is_zarr_store(s) for s in sources):
+            console.print(f"[dim]preparing the zarr store cache for {len(sources)} source(s)[/]")
+        store = prepare_store(sources, cache)
+    barrier()
+    if not dist.is_main:
+        store = prepare_store(sources, cache)
+    dataset = PretrainSlabDataset(
+        store,
+        slab_depth=config.data.slab_depth,
+        in_plane_size=config.data.in_plane_size,
+        normalize=ClipNormalize(),
+        seed=config.seed,
+    )
+    return IndexedSlabs(dataset), store
+
+
+def build_loader(
+    dataset: IndexedSlabs, sampler: IterationBatchSampler, config: PretrainConfig, device: Any
+) -> Iterator[torch.Tensor]:
+    """An iterator over this rank's micro-batches of slabs ``(B, 1, S, H0, W0)`` (CPU).
+
+    Args:
+        dataset: The slab dataset.
+        sampler: The iteration batch sampler (fixes the order, so resume is exact).
+        config: The run config (``data.num_workers``).
+        device: The training device (pinned memory on CUDA).
+
+    Returns:
+        The DataLoader's iterator.
+    """
+    from torch.utils.data import DataLoader
+
+    workers = config.data.num_workers
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.device(device).type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    return iter(loader)
+
+
+@attrs.define(eq=False)
+class TrainParts:
+    """What one training step works on (built once per run by :func:`build_parts`).
+
+    Attributes:
+        objective: The DINOv2 objective (student, teacher, centers) on ``device``.
+        model: What the step calls: the objective itself, or its DDP wrapper.
+        optimizer: Fused AdamW over the student.
+        schedules: ``tapct_ssl.Schedules`` over ``config.train.iterations``.
+        augmenter: Slabs -> crops and masks.
+        device: The training device.
+        precision: ``auto``, ``bf16`` or ``fp32`` (autocast policy).
+        clip_grad: Gradient-norm clip per student part (<= 0: none).
+        seed: The run seed (micro-batch seeds derive from it).
+    """
+
+    objective: DINOv2Objective
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedules: Schedules
+    augmenter: Augmenter
+    device: torch.device
+    precision: str
+    clip_grad: float
+    seed: int
+
+    @property
+    def ddp(self) -> torch.nn.parallel.DistributedDataParallel | None:
+        """The DDP wrapper, or None in a single process."""
+        m = self.model
+        return m if isinstance(m, torch.nn.parallel.DistributedDataParallel) else None
+
+
+def build_parts(config: PretrainConfig, dist: DistInfo) -> TrainParts:
+    """Build backbone, objective, optimizer, schedules and augmenter on ``dist.device``.
+
+    The weights are initialised from ``derive_seed(config.seed, "init")`` so every rank
+    starts identical. DDP wraps the objective when the job has several processes; call
+    :func:`wrap_ddp` after loading a checkpoint.
+
+    Args:
+        config: The run config.
+        dist: This process's place in the job.
+
+    Returns:
+        The parts (``model`` is the bare objective).
+
+    Raises:
+        UserError: For a bad model, objective or optim section, or bad crop sizes.
+    """
+    from tapct_ssl import build_schedulers
+
+    torch.manual_seed(derive_seed(config.seed, "init"))
+    backbone = build_backbone(config)
+    objective = build_objective(config, backbone).to(dist.device)
+    optim_config = build_optim_config(config)
+    schedules = build_schedulers(
+        optim_config,
+        config.train.iterations,
+        global_batch_size=config.train.global_batch(dist.world_size),
+    )
+    return TrainParts(
+        objective=objective,
+        model=objective,
+        optimizer=build_optimizer(optim_config, objective),
+        schedules=schedules,
+        augmenter=Augmenter(config, backbone.patch_size),
+        device=dist.device,
+        precision=config.precision,
+        clip_grad=float(optim_config.clip_grad),
+        seed=config.seed,
+    )
+
+
+def wrap_ddp(parts: TrainParts, dist: DistInfo) -> None:
+    """Wrap the objective in DistributedDataParallel when the job has several processes.
+
+    Args:
+        parts: The parts; ``parts.model`` is replaced in place.
+        dist: This process's place in the job.
+    """
+    if dist.distributed and parts.ddp is None:
+        device = dist.device
+        parts.model = torch.nn.parallel.DistributedDataParallel(
+            parts.objective, device_ids=[device.index] if device.type == "cuda" else None
+        )

@@ -1,0 +1,383 @@
+"""The 3D DINOv2 pretraining loop (paper section 3, Table 7; DINOv2 ``train/train.py``).
+
+:func:`run_pretraining` reads as its named steps: resume point, data, parts
+(``build``), the loop of :func:`~tapct_app.train.step.train_step` calls, and the
+summary. The loop never reads a device value except in a fetch
+(:class:`~tapct_app.train.monitor.StepMonitor`): at the first iteration, every
+``log_every`` iterations, before every checkpoint and at the end. Hooks see the fetched
+values: the progress bar, the metrics file, and any hook the caller adds; a checkpoint
+is written only after a fetch that saw every step since the previous one finite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+import torch
+from torch import nn
+
+from tapct_app.config_file import config_to_dict
+from tapct_app.train import checkpoint as ckpt
+from tapct_app.train.build import build_data, build_loader, build_parts, wrap_ddp
+from tapct_app.train.config import PretrainConfig
+from tapct_app.train.data import IterationBatchSampler, derive_seed
+from tapct_app.train.distributed import (
+    DistInfo,
+    all_gather_floats,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+)
+from tapct_app.train.metrics import MetricsLogger, plot_loss_curve, read_metrics
+from tapct_app.train.monitor import StepMonitor, TrainingDivergedError
+from tapct_app.train.state import (
+    RunState,
+    export_teacher,
+    load_resume_checkpoint,
+    restore_run_state,
+    run_state_to_checkpoint,
+)
+from tapct_app.train.step import MicroBatch, schedule_at, train_step
+
+__all__ = [
+    "Hook",
+    "MetricsHook",
+    "PretrainResult",
+    "ProgressHook",
+    "TrainingDivergedError",
+    "run_pretraining",
+]
+
+
+@attrs.frozen
+class PretrainResult:
+    """What a pretraining run produced.
+
+    Attributes:
+        output: The run directory.
+        model_dir: The exported teacher backbone (``save_pretrained``), or None when the
+            run stopped before the last iteration.
+        checkpoint: The last checkpoint written.
+        start_iteration: Iteration the run started (or resumed) at.
+        iterations_done: Completed iterations at the end of this invocation.
+        first_loss: Total loss of the run's first iteration.
+        last_loss: Total loss of this invocation's last iteration.
+        samples_per_s: Mean global throughput of this invocation (samples/s).
+        wall_s: Wall-clock seconds of the training loop.
+        rank_checksums: A parameter checksum of the student per rank (all equal under DDP).
+    """
+
+    output: Path
+    model_dir: Path | None
+    checkpoint: Path | None
+    start_iteration: int
+    iterations_done: int
+    first_loss: float
+    last_loss: float
+    samples_per_s: float
+    wall_s: float
+    rank_checksums: tuple[float, ...]
+
+
+class Hook(Protocol):
+    """Called by the loop on rank 0 (any method may be a no-op)."""
+
+    def on_step(self, iteration: int) -> None:
+        """After each step, without values (nothing was read from the device)."""
+
+    def on_log(self, iteration: int, metrics: dict[str, float]) -> None:
+        """At each logged iteration, with the fetched values and the schedule."""
+
+    def close(self) -> None:
+        """At the end of the loop, also after an error."""
+
+
+class MetricsHook:
+    """Append the logged metrics to ``metrics.jsonl`` (and TensorBoard when installed).
+
+    Args:
+        output: The run directory.
+        start: The iteration the run (re)starts at (later lines are dropped).
+    """
+
+    def __init__(self, output: Path, start: int) -> None:
+        self.logger = MetricsLogger(output, resume_from=start)
+
+    def on_step(self, iteration: int) -> None:
+        """Nothing per step."""
+
+    def on_log(self, iteration: int, metrics: dict[str, float]) -> None:
+        """Write one line."""
+        self.logger.log(iteration, metrics)
+
+    def close(self) -> None:
+        """Close the files."""
+        self.logger.close()
+
+
+def _short(name: str) -> str:
+    return (
+        name.removesuffix("_loss")
+        .replace("_crops", "")
+        .replace("dino_local", "dino_l")
+        .replace("dino_global", "dino_g")
+    )
+
+
+class ProgressHook:
+    """A rich progress bar with the last logged terms.
+
+    Args:
+        console: A ``rich.console.Console``.
+        total: Iterations of the whole run.
+        start: Iterations already done.
+    """
+
+    def __init__(self, console: Any, total: int, start: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("[bold]pretrain"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            console=console,
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("pretrain", total=total, completed=start, metrics="")
+
+    def on_step(self, iteration: int) -> None:
+        """Advance the bar."""
+        self.progress.update(self.task, completed=iteration + 1)
+
+    def on_log(self, iteration: int, metrics: dict[str, float]) -> None:
+        """Show the terms (every ``*loss*`` value), the lr and the throughput."""
+        parts = [f"{_short(k)} {v:.4f}" for k, v in metrics.items() if k.endswith("loss")]
+        parts.append(f"lr {metrics['lr']:.2e}")
+        if "samples_per_s" in metrics:
+            parts.append(f"{metrics['samples_per_s']:.1f} samples/s")
+        self.progress.update(self.task, metrics="  ".join(parts))
+
+    def close(self) -> None:
+        """Stop the bar."""
+        self.progress.stop()
+
+
+def run_pretraining(
+    config: PretrainConfig,
+    output: str | Path,
+    *,
+    resume: bool = True,
+    stop_after: int | None = None,
+    console: Any = None,
+    progress: bool = True,
+    hooks: Sequence[Hook] = (),
+) -> PretrainResult:
+    """Pretrain (or resume pretraining) a 3D ViT with the DINOv2 objective.
+
+    Args:
+        config: The resolved run config (Table 7 defaults).
+        output: The run directory: ``config.yaml``, ``metrics.jsonl``, ``checkpoints/``,
+            ``cache/`` (zarr store of converted scans), ``model/`` (exported teacher
+            backbone), ``loss_curve.png``, ``summary.json``.
+        resume: Continue from the newest checkpoint in ``output/checkpoints`` if any.
+        stop_after: Stop after this many iterations in this invocation (the schedules
+            still span ``config.train.iterations``); a checkpoint is written at the stop.
+            Models a pre-empted job; None runs to the end.
+        console: A ``rich.console.Console`` for progress and messages (rank 0), or None.
+        progress: Show a rich progress bar.
+        hooks: Extra hooks called on rank 0 (:class:`Hook`).
+
+    Returns:
+        A :class:`PretrainResult`.
+
+    Raises:
+        UserError: For bad data, a bad config, or a checkpoint that does not fit.
+        TrainingDivergedError: If the loss or a gradient norm becomes NaN/inf (found at
+            the next fetch; no checkpoint is written after the bad step).
+    """
+    output = Path(output)
+    dist = init_distributed(config.device)
+    try:
+        return _run(config, output, dist, resume, stop_after, console, progress, hooks)
+    finally:
+        cleanup_distributed()
+
+
+def _run(
+    config: PretrainConfig,
+    output: Path,
+    dist: DistInfo,
+    resume: bool,
+    stop_after: int | None,
+    console: Any,
+    show_progress: bool,
+    extra_hooks: Sequence[Hook],
+) -> PretrainResult:
+    if not dist.is_main:
+        console = None
+    if dist.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+    barrier()
+    latest, saved = load_resume_checkpoint(output, resume)
+    dataset, store = build_data(config, output, dist, console)
+    parts = build_parts(config, dist)
+    run = RunState()
+    if saved is not None and latest is not None:
+        run = restore_run_state(parts.objective, parts.optimizer, saved, latest)
+        if console is not None:
+            console.print(f"resuming from {latest} at iteration {run.iteration}")
+        del saved
+    wrap_ddp(parts, dist)
+    if dist.is_main:
+        _write_config(config, output)
+
+    start, total = run.iteration, config.train.iterations
+    end = total if stop_after is None else min(total, start + stop_after)
+    global_batch = config.train.global_batch(dist.world_size)
+    sampler = IterationBatchSampler(
+        start, end, run.samples_seen, config.train.batch_size,
+        config.train.accumulation_steps, dist.rank, dist.world_size,
+    )  # fmt: skip
+    batches = build_loader(dataset, sampler, config, dist.device)
+    hooks: list[Hook] = []
+    if dist.is_main:
+        hooks.append(MetricsHook(output, start))
+        if console is not None and show_progress:
+            hooks.append(ProgressHook(console, total, start))
+        hooks.extend(extra_hooks)
+
+    monitor = StepMonitor(dist.device)
+    last_ckpt, last_loss = latest, math.nan
+    accum = config.train.accumulation_steps
+    parts.objective.train()
+    t_start = time.perf_counter()
+    t_log, n_log = t_start, 0
+    try:
+        for it in range(start, end):
+            micro = [
+                MicroBatch(
+                    next(batches).to(dist.device, non_blocking=True),
+                    derive_seed(config.seed, it, dist.rank * accum + a),
+                )
+                for a in range(accum)
+            ]
+            schedule = schedule_at(parts.schedules, it)
+            monitor.observe(it, train_step(parts, micro, schedule))
+            run.iteration, run.samples_seen = it + 1, run.samples_seen + global_batch
+            n_log += global_batch
+            for hook in hooks:
+                hook.on_step(it)
+            log_due = (it + 1) % config.log_every == 0 or it == start or it + 1 == end
+            ckpt_due = (it + 1) % config.checkpoint.every == 0 or it + 1 == end
+            if not (log_due or ckpt_due):
+                continue
+            fetched = monitor.fetch(ckpt.latest_checkpoint(output / "checkpoints"))  # raises
+            loss = fetched.values["loss"]
+            if run.first_loss is None:
+                run.first_loss = loss
+            last_loss = loss
+            if log_due and dist.is_main:
+                now = time.perf_counter()
+                metrics = {**fetched.values, **schedule.as_dict()}
+                metrics["samples_per_s"] = n_log / max(now - t_log, 1e-9)
+                t_log, n_log = now, 0
+                for hook in hooks:
+                    hook.on_log(it, metrics)
+            if ckpt_due:
+                if dist.is_main:
+                    state = run_state_to_checkpoint(
+                        parts.objective, parts.optimizer, run, config, dist.world_size
+                    )
+                    last_ckpt = ckpt.save_checkpoint(
+                        state, output / "checkpoints", it + 1, config.checkpoint.keep
+                    )
+                barrier()
+    finally:
+        for hook in hooks:
+            hook.close()
+    wall = time.perf_counter() - t_start
+    return _finish(config, output, dist, parts.objective, run, start, wall, last_ckpt,
+                   last_loss, store)  # fmt: skip
+
+
+def _write_config(config: PretrainConfig, output: Path) -> None:
+    import yaml
+
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    (output / "config.yaml").write_text(text, encoding="utf-8")
+
+
+def _param_checksum(module: nn.Module) -> float:
+    with torch.no_grad():
+        return float(sum(p.detach().double().sum().item() for p in module.parameters()))
+
+
+def _finish(
+    config: PretrainConfig,
+    output: Path,
+    dist: DistInfo,
+    objective: Any,
+    run: RunState,
+    start: int,
+    wall: float,
+    last_ckpt: Path | None,
+    last_loss: float,
+    store: Path,
+) -> PretrainResult:
+    """Export (at the end of the run), loss curve, ``summary.json``, the result."""
+    total, global_batch = config.train.iterations, config.train.global_batch(dist.world_size)
+    samples_per_s = (run.iteration - start) * global_batch / max(wall, 1e-9)
+    sums = all_gather_floats([_param_checksum(objective.student)], dist.device)
+    checksums = tuple(x[0] for x in sums)
+    model_dir = None
+    if dist.is_main:
+        if run.iteration == total:
+            model_dir = export_teacher(objective, output)
+        plot_loss_curve(read_metrics(output / "metrics.jsonl"), output / "loss_curve.png")
+        summary = {
+            "start_iteration": start,
+            "iterations_done": run.iteration,
+            "iterations_total": total,
+            "first_loss": run.first_loss,
+            "last_loss": last_loss,
+            "samples_per_s": samples_per_s,
+            "wall_s": wall,
+            "world_size": dist.world_size,
+            "global_batch": global_batch,
+            "rank_checksums": list(checksums),
+            "store": str(store),
+            "checkpoint": str(last_ckpt) if last_ckpt else None,
+            "model_dir": str(model_dir) if model_dir else None,
+        }
+        (output / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    barrier()
+    return PretrainResult(
+        output=output,
+        model_dir=model_dir,
+        checkpoint=last_ckpt,
+        start_iteration=start,
+        iterations_done=run.iteration,
+        first_loss=float(run.first_loss) if run.first_loss is not None else math.nan,
+        last_loss=last_loss,
+        samples_per_s=samples_per_s,
+        wall_s=wall,
+        rank_checksums=checksums,
+    )

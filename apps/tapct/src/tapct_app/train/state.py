@@ -1,0 +1,179 @@
+"""The run state that goes to and from a checkpoint, and the exported encoder.
+
+A checkpoint (``checkpoint.save_checkpoint``: plain values, atomic, the last K kept)
+holds ``iteration``, ``samples_seen``, ``first_loss``, the student and teacher weights
+(``student``/``teacher``: the objective's state dict under those prefixes, without
+them), the objective's running state (``objective_state``: DINO and iBOT centers), the
+optimizer, the RNG states, the resolved config and the world size. The data position is
+``samples_seen`` (the sampler is a pure function of it), so resume is exact.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import torch
+
+from tapct_app.config_file import config_to_dict
+from tapct_app.errors import UserError
+from tapct_app.train import checkpoint as ckpt
+from tapct_app.train.config import PretrainConfig
+
+if TYPE_CHECKING:
+    from tapct_ssl import DINOv2Objective
+
+__all__ = [
+    "RunState",
+    "export_teacher",
+    "load_resume_checkpoint",
+    "restore_run_state",
+    "run_state_to_checkpoint",
+]
+
+_PARTS = ("student", "teacher")
+
+
+@attrs.define
+class RunState:
+    """Where a run stands (what, besides the modules, a checkpoint restores).
+
+    Attributes:
+        iteration: Completed optimizer steps.
+        samples_seen: Global samples consumed (the data position).
+        first_loss: Total loss of the run's first iteration, once known.
+    """
+
+    iteration: int = 0
+    samples_seen: int = 0
+    first_loss: float | None = None
+
+
+def load_resume_checkpoint(output: Path, resume: bool) -> tuple[Path | None, dict | None]:
+    """Read the newest checkpoint of a run directory (every rank reads the same file).
+
+    Args:
+        output: The run directory.
+        resume: False to start afresh.
+
+    Returns:
+        ``(path, state)``, or ``(None, None)`` when there is nothing to resume.
+
+    Raises:
+        UserError: If the newest checkpoint cannot be read.
+    """
+    latest = ckpt.latest_checkpoint(output / "checkpoints") if resume else None
+    if latest is None:
+        return None, None
+    try:
+        return latest, ckpt.load_checkpoint(latest, map_location="cpu")
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def run_state_to_checkpoint(
+    objective: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    run: RunState,
+    config: PretrainConfig,
+    world_size: int,
+) -> dict[str, Any]:
+    """The checkpoint dict of a run (plain values and tensors only).
+
+    Args:
+        objective: The DINOv2 objective (bare, not DDP-wrapped).
+        optimizer: Its optimizer.
+        run: The run state.
+        config: The resolved config.
+        world_size: Number of processes of the job.
+
+    Returns:
+        The state for ``checkpoint.save_checkpoint``.
+    """
+    full = objective.state_dict()
+    split: dict[str, dict[str, torch.Tensor]] = {p: {} for p in (*_PARTS, "objective_state")}
+    for key, value in full.items():
+        part, _, rest = key.partition(".")
+        if part in _PARTS:
+            split[part][rest] = value
+        else:
+            split["objective_state"][key] = value  # centers and other running state
+    return {
+        "iteration": run.iteration,
+        "samples_seen": run.samples_seen,
+        **split,
+        "optimizer": optimizer.state_dict(),
+        "rng": ckpt.capture_rng_state(),
+        "config": config_to_dict(config),
+        "world_size": world_size,
+        "first_loss": run.first_loss,
+    }
+
+
+def restore_run_state(
+    objective: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, path: Path
+) -> RunState:
+    """Load a checkpoint into the objective and optimizer, restore the RNG states.
+
+    Args:
+        objective: The freshly built objective (same config).
+        optimizer: Its optimizer.
+        state: A checkpoint dict (:func:`run_state_to_checkpoint`).
+        path: The checkpoint's path (for the error message).
+
+    Returns:
+        The run state to continue from.
+
+    Raises:
+        UserError: If the checkpoint does not fit this model/config.
+    """
+    full = {f"{part}.{k}": v for part in _PARTS for k, v in state[part].items()}
+    full.update(state.get("objective_state", {}))
+    try:
+        objective.load_state_dict(full, strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise UserError(
+            f"{path}: the checkpoint does not fit this model/config ({exc}); "
+            "use another --output or --no-resume"
+        ) from exc
+    ckpt.restore_rng_state(state.get("rng", {}))
+    return RunState(
+        iteration=int(state["iteration"]),
+        samples_seen=int(state["samples_seen"]),
+        first_loss=state.get("first_loss"),
+    )
+
+
+def export_teacher(objective: DINOv2Objective, output: Path) -> Path:
+    """Write the teacher backbone with ``save_pretrained`` to ``output/model`` atomically.
+
+    Args:
+        objective: The trained objective.
+        output: The run directory.
+
+    Returns:
+        ``output/model``.
+
+    Raises:
+        TypeError: If the teacher backbone is not a ``tapct_vit3d.VisionTransformer3d``.
+    """
+    from tapct_vit3d import VisionTransformer3d
+
+    backbone = objective.teacher["backbone"]
+    if not isinstance(backbone, VisionTransformer3d):
+        raise TypeError(f"cannot export a {type(backbone).__name__}: not a VisionTransformer3d")
+    target = output / "model"
+    tmp = Path(tempfile.mkdtemp(prefix=".model.tmp-", dir=output))
+    try:
+        backbone.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.replace(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
