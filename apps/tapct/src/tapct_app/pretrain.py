@@ -219,8 +219,8 @@ def export_command(checkpoint: Path, output: Path, which: str, console: Any) -> 
     """
     from tapct_app.intensity import model_metadata
     from tapct_app.outputs import atomic_output_dir
-    from tapct_app.train.checkpoint import latest_checkpoint, load_checkpoint
     from tapct_app.train.build import build_backbone
+    from tapct_app.train.checkpoint import latest_checkpoint, load_checkpoint
 
     if which not in ("teacher", "student"):
         raise UserError(f"--which {which!r}: expected teacher or student")

@@ -1,0 +1,87 @@
+"""The training step: no host reads, a non-finite step skipped on the device, the guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tapct_app.train import checkpoint as ckpt
+from tapct_app.train.build import build_parts
+from tapct_app.train.distributed import DistInfo
+from tapct_app.train.host_syncs import HostReadCounter
+from tapct_app.train.loop import TrainingDivergedError, run_pretraining
+from tapct_app.train.step import MicroBatch, schedule_at, train_step
+
+
+class _Fixed:
+    """An augmenter that returns one pre-built batch (made outside the counted region)."""
+
+    def __init__(self, batch: dict) -> None:
+        self.batch = batch
+
+    def __call__(self, slabs: torch.Tensor, seed: int) -> dict:
+        return self.batch
+
+
+def _parts_and_batch(tiny_config):
+    parts = build_parts(tiny_config(4), DistInfo())
+    slabs = torch.randn(2, 1, 4, 40, 40)
+    batch = parts.augmenter(slabs, seed=1)
+    batch.pop("n_masked_patches")  # a consistency check that reads a value back
+    return parts, [MicroBatch(slabs, seed=1)], batch
+
+
+def test_step_reads_nothing_back_to_the_host(tiny_config):
+    parts, micro, batch = _parts_and_batch(tiny_config)
+    with HostReadCounter() as reads:  # the whole step as the loop calls it
+        train_step(parts, micro, schedule_at(parts.schedules, 0))
+    app_reads = [w for w in reads.where if "/tapct_app/" in w]
+    assert app_reads == [], app_reads
+    parts.augmenter = _Fixed(batch)  # forward, backward, clip, guard, optimizer, EMA
+    with HostReadCounter() as reads:
+        out = train_step(parts, micro, schedule_at(parts.schedules, 1))
+    assert reads.total == 0, reads.where
+    assert out.names[0] == "loss" and out.names[-1] == "grad_norm"
+    assert out.values.shape == (len(out.names),) and out.found_inf.item() == 0.0
+
+
+def test_non_finite_step_is_skipped_on_the_device(tiny_config):
+    parts, micro, batch = _parts_and_batch(tiny_config)
+    train_step(parts, micro, schedule_at(parts.schedules, 0))
+    before = {k: v.clone() for k, v in parts.objective.state_dict().items()}
+    opt_before = [{k: v.clone() for k, v in s.items()} for s in parts.optimizer.state.values()]
+    poisoned = dict(batch, collated_global_crops=batch["collated_global_crops"] * float("nan"))
+    parts.augmenter = _Fixed(poisoned)
+    out = train_step(parts, micro, schedule_at(parts.schedules, 1))
+    assert out.found_inf.item() == 1.0
+    for k, v in parts.objective.state_dict().items():  # student, teacher and centers
+        assert torch.equal(v, before[k]), k
+    for s, b in zip(parts.optimizer.state.values(), opt_before, strict=True):
+        for k in b:
+            assert torch.equal(s[k], b[k]), k  # step count and moments untouched
+
+
+def test_guard_stops_at_the_next_fetch_and_writes_nothing_after(
+    tiny_config, tmp_path: Path, monkeypatch
+):
+    from tapct_ssl import DINOv2Objective
+
+    original = DINOv2Objective.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:  # iteration 2 only; its update is skipped on the device
+            out = {**out, "loss": out["loss"] * float("nan")}
+        return out
+
+    monkeypatch.setattr(DINOv2Objective, "forward", poisoned)
+    # fetches at iterations 0 (the first) and 3 (log and checkpoint): found at 3
+    cfg = tiny_config(8, "log_every=4", "checkpoint.every=4")
+    with pytest.raises(TrainingDivergedError, match="diverged at iteration 2") as info:
+        run_pretraining(cfg, tmp_path / "run", progress=False)
+    assert "last good checkpoint: none" in str(info.value)
+    assert ckpt.list_checkpoints(tmp_path / "run" / "checkpoints") == []
+    assert calls["n"] == 4  # stopped at the first fetch after the bad step
