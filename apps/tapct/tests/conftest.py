@@ -51,3 +51,9 @@ def tiny_config(phantom_store):
         )
 
     return make
+
+
+@pytest.fixture
+def tiny_sets() -> list[str]:
+    """The ``--set`` overrides of the tiny setup (without the data source)."""
+    return list(TINY)
