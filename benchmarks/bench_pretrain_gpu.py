@@ -7,8 +7,8 @@ Builds a small zarr store from CT phantoms, then the run's parts and loader exac
 ``tapct pretrain`` does (``tapct_app.train.build``), and times
 ``tapct_app.train.step.train_step``, the same function the training loop calls, for
 ``--steps`` steps after ``--warmup``, then counts host reads in ``--count-steps`` more
-(counting slows the step, so those are not timed). Prints per step: data wait (the loader and the copy
-to the device), augmentation, forward, backward, optimizer + EMA, samples/s, the
+(counting slows the step, so those are not timed). Prints per step: data wait (the
+loader and the copy to the device), augmentation, forward, backward, optimizer + EMA, samples/s, the
 fraction of the GPU's dense bf16 peak (analytic FLOPs below), peak memory, and host
 reads per step: a ``TorchFunctionMode`` count (``tapct_app.train.host_syncs``; any
 device) and, on CUDA, the synchronisations ``torch.cuda.set_sync_debug_mode("warn")``
@@ -57,7 +57,8 @@ def vit_flops(tokens: int, patches: int, width: int, depth: int, patch_voxels: i
 
 def head_flops(n: float, width: int, hidden: int, bottleneck: int, prototypes: int) -> float:
     """Forward FLOPs of a 3-layer DINO head on ``n`` inputs."""
-    return 2 * n * (width * hidden + hidden * hidden + hidden * bottleneck + bottleneck * prototypes)
+    per_input = width * hidden + hidden * hidden + hidden * bottleneck + bottleneck * prototypes
+    return 2 * n * per_input
 
 
 def sample_flops(cfg: Any, backbone: Any, objective_cfg: Any) -> float:
@@ -260,8 +261,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="per micro-batch")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--count-steps", type=int, default=1,
-                        help="extra steps after the timed ones, with host reads counted")
+    parser.add_argument(
+        "--count-steps",
+        type=int,
+        default=1,
+        help="extra steps after the timed ones, with host reads counted",
+    )
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--set", action="append", default=[], help="config override k=v")

@@ -19,10 +19,28 @@ def _load():
 
 def test_benchmark_times_the_real_step_on_cpu(tmp_path, capsys, tiny_sets):
     bench = _load()
-    sets = [a for s in tiny_sets if not s.startswith(("checkpoint", "log_every")) for a in ("--set", s)]
+    kept = [s for s in tiny_sets if not s.startswith(("checkpoint", "log_every"))]
+    sets = [a for s in kept for a in ("--set", s)]
     out = tmp_path / "bench.json"
-    argv = ["--device", "cpu", "--config", "demo", "--preset", "tap_nano_3d", "--steps", "2",
-            "--warmup", "1", "--count-steps", "1", "--workers", "0", "--json", str(out), *sets]
+    argv = [
+        "--device",
+        "cpu",
+        "--config",
+        "demo",
+        "--preset",
+        "tap_nano_3d",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--count-steps",
+        "1",
+        "--workers",
+        "0",
+        "--json",
+        str(out),
+        *sets,
+    ]
     assert bench.main(argv) == 0
     r = json.loads(out.read_text())
     assert r["device"] == "cpu" and r["model"] == "tap_nano_3d" and r["batch_size"] == 2
