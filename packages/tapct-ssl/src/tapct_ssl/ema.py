@@ -65,7 +65,7 @@ def update_ema(
         return
     if skip is not None:
         weight = torch.where(skip, 0.0, 1.0 - momentum).to(t_params[0].dtype)  # ()
-        torch._foreach_lerp_(t_params, s_params, weight)
+        torch._foreach_lerp_(t_params, s_params, [weight] * len(t_params))
         return
     if momentum == 0.0:
         torch._foreach_copy_(t_params, s_params)

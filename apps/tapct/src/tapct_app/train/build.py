@@ -181,7 +181,8 @@ class Augmenter:
         for size in (c.global_crops_size, c.local_crops_size):
             if any(s % q for s, q in zip(size, patch_size, strict=True)):
                 raise UserError(f"crop size {size} is not a multiple of patch size {patch_size}")
-        grid = tuple(s // q for s, q in zip(c.global_crops_size, patch_size, strict=True))
+        (gd, gh, gw), (pd, ph, pw) = c.global_crops_size, patch_size
+        grid = (gd // pd, gh // ph, gw // pw)
         self.mask_generator = MaskingGenerator3d(input_size=grid, **m.extra)
         self.mask_ratio = m.mask_ratio
         self.mask_probability = m.mask_probability
