@@ -4,7 +4,9 @@
 
 Runs ``tapct pretrain``'s demo config (tap_nano_3d, crops (8,64,64)/(8,32,32), batch 8) for
 N iterations in a temporary folder and prints wall time, iterations/s, samples/s and the
-peak resident memory of the process.
+peak resident memory of the process. For the share of each phase of the step (data,
+augmentation, forward, backward, optimizer) run
+``benchmarks/bench_pretrain_gpu.py --device cpu --config demo``.
 """
 
 from __future__ import annotations
