@@ -141,7 +141,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from tapct_app.train.data import IterationBatchSampler, derive_seed
     from tapct_app.train.distributed import DistInfo, resolve_device
     from tapct_app.train.host_syncs import HostReadCounter
-    from tapct_app.train.step import MicroBatch, schedule_at, train_step
+    from tapct_app.train.step import MicroBatch, train_step
 
     device = resolve_device(args.device)
     sets = [*args.set, f"data.num_workers={args.workers}"]
@@ -181,9 +181,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                                 derive_seed(cfg.seed, it, a)) for a in range(accum)]  # fmt: skip
             if timed:
                 timer.host["data"] += time.perf_counter() - t0
-            schedule = schedule_at(parts.schedules, it)
             if timed or it < args.warmup:
-                train_step(parts, micro, schedule, phase=timer)
+                train_step(parts, micro, it, phase=timer)
                 continue
             with contextlib.ExitStack() as stack:
                 counter = stack.enter_context(HostReadCounter())
@@ -192,14 +191,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     warnings.simplefilter("always")
                     torch.cuda.set_sync_debug_mode("warn")
                     stack.callback(torch.cuda.set_sync_debug_mode, "default")
-                train_step(parts, micro, schedule)
+                train_step(parts, micro, it)
             reads += counter.total
             if device.type == "cuda":
                 cuda_syncs += sum("synchroniz" in str(w.message) for w in caught)
         if args.count_steps == 0:
             phases = timer.totals()
             wall = time.perf_counter() - t_start
-        backbone = parts.objective.student["backbone"]
+        backbone = parts.objective.student_backbone
         flops = sample_flops(cfg, backbone, objective_config(cfg))
     samples = args.steps * batch * accum
     step_s = wall / args.steps

@@ -14,7 +14,7 @@ from tapct_app.cli import main
 from tapct_app.errors import UserError
 from tapct_app.intensity import model_normalize
 from tapct_app.pretrain import resolve_pretrain_config
-from tapct_app.train.engine import run_pretraining
+from tapct_app.train.loop import run_pretraining
 from tapct_data import NormalizeConfig
 from tapct_vit3d import create_model, read_model_metadata
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
 from tapct_app.train import checkpoint as ckpt
@@ -11,16 +12,16 @@ from tapct_app.train.build import build_parts
 from tapct_app.train.distributed import DistInfo
 from tapct_app.train.host_syncs import HostReadCounter
 from tapct_app.train.loop import TrainingDivergedError, run_pretraining
-from tapct_app.train.step import MicroBatch, schedule_at, train_step
+from tapct_app.train.step import MicroBatch, train_step
 
 
 class _Fixed:
     """An augmenter that returns one pre-built batch (made outside the counted region)."""
 
-    def __init__(self, batch: dict) -> None:
+    def __init__(self, batch) -> None:
         self.batch = batch
 
-    def __call__(self, slabs: torch.Tensor, seed: int) -> dict:
+    def __call__(self, slabs: torch.Tensor, seed: int):
         return self.batch
 
 
@@ -28,19 +29,18 @@ def _parts_and_batch(tiny_config):
     parts = build_parts(tiny_config(4), DistInfo())
     slabs = torch.randn(2, 1, 4, 40, 40)
     batch = parts.augmenter(slabs, seed=1)
-    batch.pop("n_masked_patches")  # a consistency check that reads a value back
     return parts, [MicroBatch(slabs, seed=1)], batch
 
 
 def test_step_reads_nothing_back_to_the_host(tiny_config):
     parts, micro, batch = _parts_and_batch(tiny_config)
     with HostReadCounter() as reads:  # the whole step as the loop calls it
-        train_step(parts, micro, schedule_at(parts.schedules, 0))
+        train_step(parts, micro, 0)
     app_reads = [w for w in reads.where if "/tapct_app/" in w]
     assert app_reads == [], app_reads
     parts.augmenter = _Fixed(batch)  # forward, backward, clip, guard, optimizer, EMA
     with HostReadCounter() as reads:
-        out = train_step(parts, micro, schedule_at(parts.schedules, 1))
+        out = train_step(parts, micro, 1)
     assert reads.total == 0, reads.where
     assert out.names[0] == "loss" and out.names[-1] == "grad_norm"
     assert out.values.shape == (len(out.names),) and out.found_inf.item() == 0.0
@@ -48,12 +48,12 @@ def test_step_reads_nothing_back_to_the_host(tiny_config):
 
 def test_non_finite_step_is_skipped_on_the_device(tiny_config):
     parts, micro, batch = _parts_and_batch(tiny_config)
-    train_step(parts, micro, schedule_at(parts.schedules, 0))
+    train_step(parts, micro, 0)
     before = {k: v.clone() for k, v in parts.objective.state_dict().items()}
     opt_before = [{k: v.clone() for k, v in s.items()} for s in parts.optimizer.state.values()]
-    poisoned = dict(batch, collated_global_crops=batch["collated_global_crops"] * float("nan"))
+    poisoned = attrs.evolve(batch, global_crops=batch.global_crops * float("nan"))
     parts.augmenter = _Fixed(poisoned)
-    out = train_step(parts, micro, schedule_at(parts.schedules, 1))
+    out = train_step(parts, micro, 1)
     assert out.found_inf.item() == 1.0
     for k, v in parts.objective.state_dict().items():  # student, teacher and centers
         assert torch.equal(v, before[k]), k
@@ -74,7 +74,7 @@ def test_guard_stops_at_the_next_fetch_and_writes_nothing_after(
         out = original(self, *args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 3:  # iteration 2 only; its update is skipped on the device
-            out = {**out, "loss": out["loss"] * float("nan")}
+            out = attrs.evolve(out, loss=out.loss * float("nan"))
         return out
 
     monkeypatch.setattr(DINOv2Objective, "forward", poisoned)
@@ -85,3 +85,20 @@ def test_guard_stops_at_the_next_fetch_and_writes_nothing_after(
     assert "last good checkpoint: none" in str(info.value)
     assert ckpt.list_checkpoints(tmp_path / "run" / "checkpoints") == []
     assert calls["n"] == 4  # stopped at the first fetch after the bad step
+
+
+def test_grad_checkpointing_and_compile_keys_are_wired(tiny_config):
+    plain = build_parts(tiny_config(4), DistInfo())
+    assert not plain.objective.student_backbone.grad_checkpointing
+    parts = build_parts(
+        tiny_config(4, "model.grad_checkpointing=2", "train.compile=true"), DistInfo()
+    )
+    student, teacher = parts.objective.student_backbone, parts.objective.teacher_backbone
+    assert student.grad_checkpointing and student._grad_checkpointing_every == 2
+    for backbone in (student, teacher):  # compiled in place (nn.Module.compile)
+        assert all(blk._compiled_call_impl is not None for blk in backbone.blocks)
+    # same weights either way: the keys change how, not what, is computed
+    for (k, a), b in zip(
+        plain.objective.state_dict().items(), parts.objective.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), k

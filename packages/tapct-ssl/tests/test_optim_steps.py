@@ -30,7 +30,7 @@ def test_apply_schedules_sets_lr_wd_and_freeze(tiny_backbone) -> None:
     )
     optimizer = build_optimizer(objective, cfg, "cpu")
     assert isinstance(optimizer, torch.optim.AdamW)
-    assert optimizer.defaults["betas"] == (0.9, 0.999) and optimizer.defaults["foreach"]
+    assert optimizer.defaults["betas"] == (0.9, 0.999) and optimizer.defaults["fused"]
     trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert trained == {id(p) for p in objective.student_parameters()}
     sched = build_schedulers(cfg, global_batch_size=1024)

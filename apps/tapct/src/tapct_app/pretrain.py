@@ -18,7 +18,8 @@ DEFAULT_OUTPUT = Path("runs/pretrain")
 
 # Keys a resumed run may change; every other difference keeps the checkpoint's value.
 _RESUMABLE_CHANGES = {"device", "log_every", "data.num_workers", "checkpoint.every",
-                      "checkpoint.keep", "train.iterations"}
+                      "checkpoint.keep", "train.iterations", "model.grad_checkpointing",
+                      "train.compile"}
 
 
 def resolve_pretrain_config(

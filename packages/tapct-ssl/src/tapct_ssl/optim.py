@@ -195,9 +195,10 @@ def build_optimizer(
 
     The groups come from :func:`~tapct_ssl.get_params_groups` on ``objective.student``
     (any module with trainable parameters works when it has no ``student``); lr and
-    weight decay are set per step by :func:`apply_schedules`. On CUDA the fused kernel
-    is used (one launch for all parameters; it also skips the step on the device when
-    a gradient scaler reports ``found_inf``); elsewhere the foreach one.
+    weight decay are set per step by :func:`apply_schedules`. On CUDA and CPU the fused
+    kernel is used (one launch for all parameters; it also skips the step on the device
+    where ``optimizer.found_inf`` is set, as a gradient scaler or a NaN/inf guard does);
+    elsewhere the foreach one.
 
     Args:
         objective: a ``DINOv2Objective`` (or any module).
@@ -217,7 +218,7 @@ def build_optimizer(
         patch_embed_lr_mult=optim_config.patch_embed_lr_mult,
     )
     betas = (optim_config.adamw_beta1, optim_config.adamw_beta2)
-    if torch.device(device).type == "cuda":
+    if torch.device(device).type in ("cuda", "cpu"):
         return torch.optim.AdamW(groups, betas=betas, fused=True)
     return torch.optim.AdamW(groups, betas=betas, foreach=True)
 

@@ -31,18 +31,18 @@ from tapct_app.train.distributed import DistInfo, barrier
 if TYPE_CHECKING:  # the libraries are imported lazily, for a fast CLI start
     from collections.abc import Iterator
 
-    from tapct_ssl import DINOv2Objective, Schedules
+    from tapct_ssl import DINOv2Objective, Schedules, iBOTMaskIndex
     from tapct_vit3d import VisionTransformer3d
 
 __all__ = [
     "Augmenter",
+    "CropsAndMasks",
     "TrainParts",
     "build_backbone",
     "build_data",
     "build_loader",
     "build_objective",
     "build_optim_config",
-    "build_optimizer",
     "build_parts",
     "objective_config",
     "wrap_ddp",
@@ -56,7 +56,8 @@ def build_backbone(config: PretrainConfig) -> VisionTransformer3d:
         config: The run config.
 
     Returns:
-        A ``tapct_vit3d.VisionTransformer3d``.
+        A ``tapct_vit3d.VisionTransformer3d`` (activation checkpointing as
+        ``model.grad_checkpointing`` says).
 
     Raises:
         UserError: If the preset is unknown or an override is rejected.
@@ -66,9 +67,12 @@ def build_backbone(config: PretrainConfig) -> VisionTransformer3d:
     kwargs = dict(config.model.overrides)
     kwargs.setdefault("drop_path_rate", config.model.drop_path_rate)
     try:
-        return create_model(config.model.name, **kwargs)
+        backbone = create_model(config.model.name, **kwargs)
     except (KeyError, ValueError, TypeError) as exc:
         raise UserError(f"model {config.model.name!r}: {exc}") from exc
+    every = config.model.grad_checkpointing
+    backbone.set_grad_checkpointing(every > 0, every=max(every, 1))
+    return backbone
 
 
 def objective_config(config: PretrainConfig) -> Any:
@@ -129,34 +133,26 @@ def build_optim_config(config: PretrainConfig) -> Any:
         raise UserError(f"config section 'optim': {exc}") from exc
 
 
-def build_optimizer(optim_config: Any, objective: DINOv2Objective) -> torch.optim.Optimizer:
-    """Fused AdamW over the student's parameter groups (layer-wise lr decay, no decay on
-    biases, norms, tokens; ``tapct_ssl.get_params_groups``).
+@attrs.frozen
+class CropsAndMasks:
+    """One micro-batch ready for the objective (``DINOv2Objective.forward``'s inputs).
 
-    Fused AdamW (one kernel per step, on CUDA and CPU) also honours ``found_inf``: the
-    training step sets it on the device so a non-finite step is skipped there, without
-    reading a value back to the host.
-
-    Args:
-        optim_config: A ``tapct_ssl.OptimConfig`` (betas).
-        objective: The objective whose student is optimised.
-
-    Returns:
-        The optimizer; lr and weight decay are set per step by the schedules.
+    Attributes:
+        global_crops: ``(2B, 1, d, Hg, Wg)`` float32, crop-major.
+        local_crops: ``(nL B, 1, d, hl, wl)`` float32, crop-major, or None.
+        masks: ``(2B, N)`` bool iBOT masks of the global crops.
+        mask_index: ``tapct_ssl.ibot_mask_indices(masks)``, computed where the masks
+            were drawn (CPU), so the step needs no ``nonzero``.
     """
-    from tapct_ssl import get_params_groups
 
-    groups = get_params_groups(
-        objective.student,
-        layerwise_decay=optim_config.layerwise_decay,
-        patch_embed_lr_mult=optim_config.patch_embed_lr_mult,
-    )
-    betas = (optim_config.adamw_beta1, optim_config.adamw_beta2)
-    return torch.optim.AdamW(groups, betas=betas, fused=True)
+    global_crops: torch.Tensor
+    local_crops: torch.Tensor | None
+    masks: torch.Tensor
+    mask_index: iBOTMaskIndex
 
 
 class Augmenter:
-    """Slabs -> multi-crops -> masked, collated batch, on the slabs' device.
+    """Slabs -> multi-crops and iBOT masks, on the slabs' device.
 
     Args:
         config: The run config (``crops`` and ``masking`` sections).
@@ -167,7 +163,7 @@ class Augmenter:
     """
 
     def __init__(self, config: PretrainConfig, patch_size: tuple[int, int, int]) -> None:
-        from tapct_data import MaskingGenerator3d, MultiCropAugmentation
+        from tapct_data import MaskingConfig, MaskingGenerator3d, MultiCropAugmentation
 
         c, m = config.crops, config.masking
         self.augment = MultiCropAugmentation(
@@ -184,10 +180,9 @@ class Augmenter:
         (gd, gh, gw), (pd, ph, pw) = c.global_crops_size, patch_size
         grid = (gd // pd, gh // ph, gw // pw)
         self.mask_generator = MaskingGenerator3d(input_size=grid, **m.extra)
-        self.mask_ratio = m.mask_ratio
-        self.mask_probability = m.mask_probability
+        self.masking = MaskingConfig(mask_probability=m.mask_probability, mask_ratio=m.mask_ratio)
 
-    def __call__(self, slabs: torch.Tensor, seed: int) -> dict[str, Any]:
+    def __call__(self, slabs: torch.Tensor, seed: int) -> CropsAndMasks:
         """Crop and mask one micro-batch.
 
         Args:
@@ -195,21 +190,28 @@ class Augmenter:
             seed: The micro-batch's seed (``derive_seed(run seed, iteration, shard)``).
 
         Returns:
-            ``tapct_data.collate_data_and_cast``'s batch (global/local crops, masks,
-            mask indices and weights).
+            The crops, the masks and their iBOT index, on the slabs' device.
         """
         from tapct_data import collate_data_and_cast
+        from tapct_ssl import ibot_mask_indices
 
         gen = torch.Generator(device=slabs.device).manual_seed(derive_seed(seed, "crops"))
         crops = self.augment(slabs, generator=gen)
         mask_gen = torch.Generator().manual_seed(derive_seed(seed, "masks"))
-        return collate_data_and_cast(
+        batch = collate_data_and_cast(
             crops,
             mask_generator=self.mask_generator,
-            mask_ratio_tuple=self.mask_ratio,
-            mask_probability=self.mask_probability,
+            masking=self.masking,
             dtype=torch.float32,
             generator=mask_gen,
+        )
+        index = ibot_mask_indices(batch.masks)  # (2B, N) bool drawn on the CPU: no sync
+        device = slabs.device
+        return CropsAndMasks(
+            global_crops=batch.global_crops,
+            local_crops=batch.local_crops,
+            masks=batch.masks.to(device, non_blocking=True),
+            mask_index=index.to(device, non_blocking=True),
         )
 
 
@@ -228,7 +230,8 @@ def build_data(
 
     Returns:
         ``(dataset, store)``: the map-style dataset (index ``k`` -> slab
-        ``(1, S, H0, W0)`` float32, clipped and z-normalised) and the store path.
+        ``(1, S, H0, W0)`` float32, clipped and z-normalised with
+        ``config.data.normalize``) and the store path.
 
     Raises:
         UserError: If a source is missing or cannot be converted.
@@ -254,7 +257,7 @@ def build_data(
         store,
         slab_depth=config.data.slab_depth,
         in_plane_size=config.data.in_plane_size,
-        normalize=ClipNormalize(),
+        normalize=ClipNormalize(config.data.normalize),
         seed=config.seed,
     )
     return IndexedSlabs(dataset), store
@@ -338,11 +341,17 @@ def build_parts(config: PretrainConfig, dist: DistInfo) -> TrainParts:
     Raises:
         UserError: For a bad model, objective or optim section, or bad crop sizes.
     """
-    from tapct_ssl import build_schedulers
+    from tapct_ssl import build_optimizer, build_schedulers
 
     torch.manual_seed(derive_seed(config.seed, "init"))
     backbone = build_backbone(config)
     objective = build_objective(config, backbone).to(dist.device)
+    if config.train.compile:  # after the teacher's deep copy: both compile their blocks
+        from tapct_vit3d import VisionTransformer3d
+
+        for model in (objective.student_backbone, objective.teacher_backbone):
+            if isinstance(model, VisionTransformer3d):
+                model.compile_blocks()
     optim_config = build_optim_config(config)
     schedules = build_schedulers(
         optim_config,
@@ -352,7 +361,7 @@ def build_parts(config: PretrainConfig, dist: DistInfo) -> TrainParts:
     return TrainParts(
         objective=objective,
         model=objective,
-        optimizer=build_optimizer(optim_config, objective),
+        optimizer=build_optimizer(objective, optim_config, dist.device),
         schedules=schedules,
         augmenter=Augmenter(config, backbone.patch_size),
         device=dist.device,

@@ -92,11 +92,19 @@ class ModelConfig:
         drop_path_rate: Stochastic depth rate; Table 7: 0.2 for ViT-B (0.1 for ViT-S).
         overrides: Extra keyword arguments for ``tapct_vit3d.create_model`` (e.g.
             ``{"img_size": [12, 224, 224]}``).
+        grad_checkpointing: Activation checkpointing of the student's blocks
+            (``VisionTransformer3d.set_grad_checkpointing``): ``false``/0 off,
+            ``true``/1 every block (the least memory), ``N`` every N-th block. Trades
+            about one extra forward of the blocks for most of their activation memory;
+            the result is the same (the recomputation sees the same drop-path draws).
     """
 
     name: str = "tap_b_3d"
     drop_path_rate: float = attrs.field(default=0.2, validator=_fraction)
     overrides: dict = attrs.field(factory=dict, converter=dict)
+    grad_checkpointing: int = attrs.field(
+        default=0, converter=int, validator=attrs.validators.ge(0)
+    )
 
 
 @attrs.frozen
@@ -196,11 +204,15 @@ class TrainConfig:
             warm-up, 30 % teacher-temperature warm-up, 1 % frozen last layer).
         batch_size: Samples per device per micro-batch (DINOv2's ``batch_size_per_gpu``).
         accumulation_steps: Micro-batches per optimizer step.
+        compile: ``torch.compile`` the student's and the teacher's blocks
+            (``VisionTransformer3d.compile_blocks``); the first steps are slower while
+            each crop size compiles.
     """
 
     iterations: int = attrs.field(default=125_000, validator=_positive)
     batch_size: int = attrs.field(default=16, validator=_positive)
     accumulation_steps: int = attrs.field(default=1, validator=_positive)
+    compile: bool = False
 
     def global_batch(self, world_size: int = 1) -> int:
         """Samples per optimizer step over all processes (the lr scales with it).

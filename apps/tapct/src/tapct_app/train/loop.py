@@ -43,7 +43,7 @@ from tapct_app.train.state import (
     restore_run_state,
     run_state_to_checkpoint,
 )
-from tapct_app.train.step import MicroBatch, schedule_at, train_step
+from tapct_app.train.step import MicroBatch, train_step
 
 __all__ = [
     "Hook",
@@ -279,8 +279,8 @@ def _run(
                 )
                 for a in range(accum)
             ]
-            schedule = schedule_at(parts.schedules, it)
-            monitor.observe(it, train_step(parts, micro, schedule))
+            step_out = train_step(parts, micro, it)
+            monitor.observe(it, step_out)
             run.iteration, run.samples_seen = it + 1, run.samples_seen + global_batch
             n_log += global_batch
             for hook in hooks:
@@ -296,7 +296,7 @@ def _run(
             last_loss = loss
             if log_due and dist.is_main:
                 now = time.perf_counter()
-                metrics = {**fetched.values, **schedule.as_dict()}
+                metrics = {**fetched.values, **_schedule_metrics(step_out.schedule)}
                 metrics["samples_per_s"] = n_log / max(now - t_log, 1e-9)
                 t_log, n_log = now, 0
                 for hook in hooks:
@@ -316,6 +316,16 @@ def _run(
     wall = time.perf_counter() - t_start
     return _finish(config, output, dist, parts.objective, run, start, wall, last_ckpt,
                    last_loss, store)  # fmt: skip
+
+
+def _schedule_metrics(values: Any) -> dict[str, float]:
+    """The logged schedule values of a ``tapct_ssl.ScheduleValues``."""
+    return {
+        "lr": values.lr,
+        "wd": values.weight_decay,
+        "momentum": values.momentum,
+        "teacher_temp": values.teacher_temp,
+    }
 
 
 def _write_config(config: PretrainConfig, output: Path) -> None:
@@ -350,7 +360,9 @@ def _finish(
     model_dir = None
     if dist.is_main:
         if run.iteration == total:
-            model_dir = export_teacher(objective, output)
+            from tapct_app.intensity import model_metadata
+
+            model_dir = export_teacher(objective, output, model_metadata(config.data.normalize))
         plot_loss_curve(read_metrics(output / "metrics.jsonl"), output / "loss_curve.png")
         summary = {
             "start_iteration": start,

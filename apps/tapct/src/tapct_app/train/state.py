@@ -1,9 +1,9 @@
 """The run state that goes to and from a checkpoint, and the exported encoder.
 
 A checkpoint (``checkpoint.save_checkpoint``: plain values, atomic, the last K kept)
-holds ``iteration``, ``samples_seen``, ``first_loss``, the student and teacher weights
-(``student``/``teacher``: the objective's state dict under those prefixes, without
-them), the objective's running state (``objective_state``: DINO and iBOT centers), the
+holds ``iteration``, ``samples_seen``, ``first_loss``, the objective's
+``state_for_checkpoint()`` (``student``/``teacher`` weights, keys ``backbone.*``,
+``dino_head.*``, ``ibot_head.*``, and ``objective_state``: DINO and iBOT centers), the
 optimizer, the RNG states, the resolved config and the world size. The data position is
 ``samples_seen`` (the sampler is a pure function of it), so resume is exact.
 """
@@ -33,8 +33,6 @@ __all__ = [
     "restore_run_state",
     "run_state_to_checkpoint",
 ]
-
-_PARTS = ("student", "teacher")
 
 
 @attrs.define
@@ -75,7 +73,7 @@ def load_resume_checkpoint(output: Path, resume: bool) -> tuple[Path | None, dic
 
 
 def run_state_to_checkpoint(
-    objective: torch.nn.Module,
+    objective: DINOv2Objective,
     optimizer: torch.optim.Optimizer,
     run: RunState,
     config: PretrainConfig,
@@ -93,18 +91,10 @@ def run_state_to_checkpoint(
     Returns:
         The state for ``checkpoint.save_checkpoint``.
     """
-    full = objective.state_dict()
-    split: dict[str, dict[str, torch.Tensor]] = {p: {} for p in (*_PARTS, "objective_state")}
-    for key, value in full.items():
-        part, _, rest = key.partition(".")
-        if part in _PARTS:
-            split[part][rest] = value
-        else:
-            split["objective_state"][key] = value  # centers and other running state
     return {
         "iteration": run.iteration,
         "samples_seen": run.samples_seen,
-        **split,
+        **objective.state_for_checkpoint(),  # student, teacher, objective_state (centers)
         "optimizer": optimizer.state_dict(),
         "rng": ckpt.capture_rng_state(),
         "config": config_to_dict(config),
@@ -114,7 +104,7 @@ def run_state_to_checkpoint(
 
 
 def restore_run_state(
-    objective: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, path: Path
+    objective: DINOv2Objective, optimizer: torch.optim.Optimizer, state: dict, path: Path
 ) -> RunState:
     """Load a checkpoint into the objective and optimizer, restore the RNG states.
 
@@ -130,10 +120,8 @@ def restore_run_state(
     Raises:
         UserError: If the checkpoint does not fit this model/config.
     """
-    full = {f"{part}.{k}": v for part in _PARTS for k, v in state[part].items()}
-    full.update(state.get("objective_state", {}))
     try:
-        objective.load_state_dict(full, strict=True)
+        objective.load_checkpoint_state(state)
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise UserError(
@@ -148,12 +136,16 @@ def restore_run_state(
     )
 
 
-def export_teacher(objective: DINOv2Objective, output: Path) -> Path:
+def export_teacher(
+    objective: DINOv2Objective, output: Path, metadata: dict[str, Any] | None = None
+) -> Path:
     """Write the teacher backbone with ``save_pretrained`` to ``output/model`` atomically.
 
     Args:
         objective: The trained objective.
         output: The run directory.
+        metadata: Extra ``config.json`` entries (the intensity normalisation,
+            ``tapct_app.intensity.model_metadata``).
 
     Returns:
         ``output/model``.
@@ -163,13 +155,13 @@ def export_teacher(objective: DINOv2Objective, output: Path) -> Path:
     """
     from tapct_vit3d import VisionTransformer3d
 
-    backbone = objective.teacher["backbone"]
+    backbone = objective.teacher_backbone
     if not isinstance(backbone, VisionTransformer3d):
         raise TypeError(f"cannot export a {type(backbone).__name__}: not a VisionTransformer3d")
     target = output / "model"
     tmp = Path(tempfile.mkdtemp(prefix=".model.tmp-", dir=output))
     try:
-        backbone.save_pretrained(tmp)
+        backbone.save_pretrained(tmp, metadata=metadata)
         if target.exists():
             shutil.rmtree(target)
         tmp.replace(target)
