@@ -8,14 +8,15 @@ Builds a small zarr store from CT phantoms, then the run's parts and loader exac
 ``tapct_app.train.step.train_step``, the same function the training loop calls, for
 ``--steps`` steps after ``--warmup``, then counts host reads in ``--count-steps`` more
 (counting slows the step, so those are not timed). Prints per step: data wait (the
-loader and the copy to the device), augmentation, forward, backward, optimizer + EMA, samples/s, the
-fraction of the GPU's dense bf16 peak (analytic FLOPs below), peak memory, and host
-reads per step: a ``TorchFunctionMode`` count (``tapct_app.train.host_syncs``; any
-device) and, on CUDA, the synchronisations ``torch.cuda.set_sync_debug_mode("warn")``
-reports. Phases are timed with CUDA events on CUDA (host clock on CPU). Without CUDA and
-with ``--device auto`` it says so and exits 0; ``--device cpu`` runs on the CPU (the
-test suite runs it that way with tiny sizes, so it cannot rot). ``--json PATH`` also
-writes the figures.
+loader, whose workers also draw the crops' parameters and masks, and the copy to the
+device), augmentation (applying them on the device), forward, backward, optimizer +
+EMA, samples/s, the fraction of the GPU's dense bf16 peak (analytic FLOPs below), peak
+memory, and host reads per step: a ``TorchFunctionMode`` count
+(``tapct_app.train.host_syncs``, any device) and, on CUDA, the synchronisations that
+``torch.cuda.set_sync_debug_mode("warn")`` reports. Phases are timed with CUDA events
+on CUDA, with the host clock on CPU. Without CUDA and with ``--device auto`` it says so
+and exits 0; ``--device cpu`` runs on the CPU (the test suite runs it so with tiny
+sizes, so it cannot rot). ``--json PATH`` also writes the figures.
 
 Analytic FLOPs per sample (matmuls, 2 per multiply-add; backward = 2 x forward):
 - ViT forward on a crop with ``N`` tokens (patches + cls + registers), width ``E``,
@@ -138,10 +139,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from tapct_app.pretrain import resolve_pretrain_config
     from tapct_app.train.build import build_data, build_loader, build_parts, objective_config
-    from tapct_app.train.data import IterationBatchSampler, derive_seed
+    from tapct_app.train.data import IterationBatchSampler
     from tapct_app.train.distributed import DistInfo, resolve_device
     from tapct_app.train.host_syncs import HostReadCounter
-    from tapct_app.train.step import MicroBatch, train_step
+    from tapct_app.train.step import train_step
 
     device = resolve_device(args.device)
     sets = [*args.set, f"data.num_workers={args.workers}"]
@@ -161,7 +162,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         accum, batch = cfg.train.accumulation_steps, cfg.train.batch_size
         n_steps = args.warmup + args.steps + args.count_steps
         sampler = IterationBatchSampler(0, n_steps, 0, batch, accum, 0, 1)
-        loader = build_loader(dataset, sampler, cfg, device)
+        loader = build_loader(dataset, sampler, parts.collate, cfg, device)
         timer = PhaseTimer(device)
         reads, cuda_syncs = 0, 0
         if device.type == "cuda":
@@ -177,8 +178,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 phases = timer.totals()
                 wall, timer.enabled = time.perf_counter() - t_start, False
             t0 = time.perf_counter()
-            micro = [MicroBatch(next(loader).to(device, non_blocking=True),
-                                derive_seed(cfg.seed, it, a)) for a in range(accum)]  # fmt: skip
+            micro = [next(loader).to(device, non_blocking=True) for _ in range(accum)]
             if timed:
                 timer.host["data"] += time.perf_counter() - t0
             if timed or it < args.warmup:

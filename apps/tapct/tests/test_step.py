@@ -12,48 +12,46 @@ from tapct_app.train.build import build_parts
 from tapct_app.train.distributed import DistInfo
 from tapct_app.train.host_syncs import HostReadCounter
 from tapct_app.train.loop import TrainingDivergedError, run_pretraining
-from tapct_app.train.step import MicroBatch, train_step
-
-
-class _Fixed:
-    """An augmenter that returns one pre-built batch (made outside the counted region)."""
-
-    def __init__(self, batch) -> None:
-        self.batch = batch
-
-    def __call__(self, slabs: torch.Tensor, seed: int):
-        return self.batch
+from tapct_app.train.step import train_step
 
 
 def _parts_and_batch(tiny_config):
     parts = build_parts(tiny_config(4), DistInfo())
-    slabs = torch.randn(2, 1, 4, 40, 40)
-    batch = parts.augmenter(slabs, seed=1)
-    return parts, [MicroBatch(slabs, seed=1)], batch
+    slabs = torch.randn(2, 1, 4, 40, 40, generator=torch.Generator().manual_seed(0))
+    batch = parts.collate([(10, slabs[0]), (11, slabs[1])])  # what a DataLoader worker makes
+    return parts, batch
 
 
 def test_step_reads_nothing_back_to_the_host(tiny_config):
-    parts, micro, batch = _parts_and_batch(tiny_config)
-    with HostReadCounter() as reads:  # the whole step as the loop calls it
-        train_step(parts, micro, 0)
-    app_reads = [w for w in reads.where if "/tapct_app/" in w]
-    assert app_reads == [], app_reads
-    parts.augmenter = _Fixed(batch)  # forward, backward, clip, guard, optimizer, EMA
+    parts, batch = _parts_and_batch(tiny_config)
+    train_step(parts, [batch], 0)
+    # crops applied, forward, backward, clip, guard, optimizer, centers and EMA
     with HostReadCounter() as reads:
-        out = train_step(parts, micro, 1)
+        out = train_step(parts, [batch], 1)
     assert reads.total == 0, reads.where
     assert out.names[0] == "loss" and out.names[-1] == "grad_norm"
     assert out.values.shape == (len(out.names),) and out.found_inf.item() == 0.0
 
 
+def test_worker_collate_is_a_function_of_the_sample_indices(tiny_config):
+    parts, batch = _parts_and_batch(tiny_config)
+    again = parts.collate([(10, batch.slabs[0]), (11, batch.slabs[1])])
+    other = parts.collate([(12, batch.slabs[0]), (13, batch.slabs[1])])
+    assert again.seed == batch.seed != other.seed
+    assert torch.equal(again.masks, batch.masks)
+    assert torch.equal(again.mask_index.indices, batch.mask_index.indices)
+    a = parts.augmentation.apply(batch.slabs, batch.params)
+    b = parts.augmentation.apply(again.slabs, again.params)
+    assert torch.equal(a.global_crops, b.global_crops) and torch.equal(a.local_crops, b.local_crops)
+
+
 def test_non_finite_step_is_skipped_on_the_device(tiny_config):
-    parts, micro, batch = _parts_and_batch(tiny_config)
-    train_step(parts, micro, 0)
+    parts, batch = _parts_and_batch(tiny_config)
+    train_step(parts, [batch], 0)
     before = {k: v.clone() for k, v in parts.objective.state_dict().items()}
     opt_before = [{k: v.clone() for k, v in s.items()} for s in parts.optimizer.state.values()]
-    poisoned = attrs.evolve(batch, global_crops=batch.global_crops * float("nan"))
-    parts.augmenter = _Fixed(poisoned)
-    out = train_step(parts, micro, 1)
+    poisoned = attrs.evolve(batch, slabs=batch.slabs * float("nan"))
+    out = train_step(parts, [poisoned], 1)
     assert out.found_inf.item() == 1.0
     for k, v in parts.objective.state_dict().items():  # student, teacher and centers
         assert torch.equal(v, before[k]), k

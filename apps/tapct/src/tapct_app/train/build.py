@@ -2,7 +2,8 @@
 
 Each ``build_*`` turns one section of :class:`~tapct_app.train.config.PretrainConfig`
 into a library object: the backbone (``tapct_vit3d``), the DINOv2 objective and its
-optimizer and schedules (``tapct_ssl``), the multi-crop augmenter (``tapct_data``), and
+optimizer and schedules (``tapct_ssl``), the multi-crop augmentation and the loader's
+collate that draws its parameters and the masks in the workers (``tapct_data``), and
 the data: sources -> zarr store -> slab dataset (:func:`build_data`, the one place where
 the data and its normalisation are set up). :func:`build_parts` assembles what the
 training step needs into a :class:`TrainParts` record.
@@ -10,12 +11,14 @@ training step needs into a :class:`TrainParts` record.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from tapct_app.errors import UserError
 from tapct_app.train.config import PretrainConfig
@@ -29,15 +32,15 @@ from tapct_app.train.data import (
 from tapct_app.train.distributed import DistInfo, barrier
 
 if TYPE_CHECKING:  # the libraries are imported lazily, for a fast CLI start
-    from collections.abc import Iterator
-
+    from tapct_data import MultiCropAugmentation, MultiCropParams
     from tapct_ssl import DINOv2Objective, Schedules, iBOTMaskIndex
     from tapct_vit3d import VisionTransformer3d
 
 __all__ = [
-    "Augmenter",
-    "CropsAndMasks",
+    "LoaderBatch",
     "TrainParts",
+    "WorkerCollate",
+    "build_augmentation",
     "build_backbone",
     "build_data",
     "build_loader",
@@ -134,39 +137,76 @@ def build_optim_config(config: PretrainConfig) -> Any:
 
 
 @attrs.frozen
-class CropsAndMasks:
-    """One micro-batch ready for the objective (``DINOv2Objective.forward``'s inputs).
+class LoaderBatch:
+    """One micro-batch as the DataLoader delivers it: slabs plus everything random.
+
+    Crop boxes, gamma, blur and iBOT masks are drawn on the CPU in the DataLoader worker
+    (:class:`WorkerCollate`), the mask indices computed there too, so the step on the
+    device only applies them (no host sync).
 
     Attributes:
-        global_crops: ``(2B, 1, d, Hg, Wg)`` float32, crop-major.
-        local_crops: ``(nL B, 1, d, hl, wl)`` float32, crop-major, or None.
+        slabs: ``(B, 1, S, H0, W0)`` float32, normalised.
+        params: ``tapct_data.MultiCropParams`` drawn for these slabs.
         masks: ``(2B, N)`` bool iBOT masks of the global crops.
-        mask_index: ``tapct_ssl.ibot_mask_indices(masks)``, computed where the masks
-            were drawn (CPU), so the step needs no ``nonzero``.
+        mask_index: ``tapct_ssl.ibot_mask_indices(masks)``.
+        seed: The micro-batch's seed (crops, masks and drop path), a function of the run
+            seed and its first sample index only, so it is the same on any number of
+            processes and after a resume.
     """
 
-    global_crops: torch.Tensor
-    local_crops: torch.Tensor | None
+    slabs: torch.Tensor
+    params: MultiCropParams
     masks: torch.Tensor
     mask_index: iBOTMaskIndex
+    seed: int
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> LoaderBatch:
+        """All tensors on ``device``."""
+        return LoaderBatch(
+            slabs=self.slabs.to(device, non_blocking=non_blocking),
+            params=self.params.to(device, non_blocking=non_blocking),
+            masks=self.masks.to(device, non_blocking=non_blocking),
+            mask_index=self.mask_index.to(device, non_blocking=non_blocking),
+            seed=self.seed,
+        )
+
+    def pin_memory(self) -> LoaderBatch:
+        """Pinned copy (the DataLoader calls it with ``pin_memory=True``)."""
+        index = self.mask_index
+        return LoaderBatch(
+            slabs=self.slabs.pin_memory(),
+            params=self.params.pin_memory(),
+            masks=self.masks.pin_memory(),
+            mask_index=type(index)(index.indices.pin_memory(), index.weights.pin_memory(),
+                                   index.n_images),
+            seed=self.seed,
+        )  # fmt: skip
 
 
-class Augmenter:
-    """Slabs -> multi-crops and iBOT masks, on the slabs' device.
+def _check_crop_sizes(config: PretrainConfig, patch_size: tuple[int, int, int]) -> None:
+    for size in (config.crops.global_crops_size, config.crops.local_crops_size):
+        if any(s % q for s, q in zip(size, patch_size, strict=True)):
+            raise UserError(f"crop size {size} is not a multiple of patch size {patch_size}")
+
+
+def build_augmentation(config: PretrainConfig) -> MultiCropAugmentation:
+    """The multi-crop augmentation of the ``crops`` section (``tapct_data``).
 
     Args:
-        config: The run config (``crops`` and ``masking`` sections).
-        patch_size: The backbone's ``(pd, ph, pw)``; crop sizes must be multiples of it.
+        config: The run config.
+
+    Returns:
+        A ``tapct_data.MultiCropAugmentation`` (``sample`` in workers, ``apply`` on the
+        device).
 
     Raises:
-        UserError: If a crop size is not a multiple of the patch size.
+        UserError: If the section has an invalid value.
     """
+    from tapct_data import MultiCropAugmentation
 
-    def __init__(self, config: PretrainConfig, patch_size: tuple[int, int, int]) -> None:
-        from tapct_data import MaskingConfig, MaskingGenerator3d, MultiCropAugmentation
-
-        c, m = config.crops, config.masking
-        self.augment = MultiCropAugmentation(
+    c = config.crops
+    try:
+        return MultiCropAugmentation(
             global_crops_size=c.global_crops_size,
             local_crops_size=c.local_crops_size,
             local_crops_number=c.local_crops_number,
@@ -174,45 +214,72 @@ class Augmenter:
             local_crops_scale=c.local_crops_scale,
             **c.extra,
         )
-        for size in (c.global_crops_size, c.local_crops_size):
-            if any(s % q for s, q in zip(size, patch_size, strict=True)):
-                raise UserError(f"crop size {size} is not a multiple of patch size {patch_size}")
-        (gd, gh, gw), (pd, ph, pw) = c.global_crops_size, patch_size
-        grid = (gd // pd, gh // ph, gw // pw)
-        self.mask_generator = MaskingGenerator3d(input_size=grid, **m.extra)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"config section 'crops': {exc}") from exc
+
+
+class WorkerCollate:
+    """The DataLoader's ``collate_fn``: stack slabs, draw crops' parameters and masks.
+
+    Runs in the DataLoader workers (CPU, picklable). The generators of micro-batch
+    ``[k0, k0 + 1, ...]`` are seeded from ``(seed, k0)``: the sample indices of a
+    micro-batch are the same whatever the number of processes and after a resume
+    (``IterationBatchSampler``), so its crops and masks are too.
+
+    Args:
+        config: The run config (``crops``, ``masking``, ``seed``).
+        patch_size: The backbone's ``(pd, ph, pw)``; crop sizes must be multiples of it.
+
+    Raises:
+        UserError: If a crop size is not a multiple of the patch size.
+    """
+
+    def __init__(self, config: PretrainConfig, patch_size: tuple[int, int, int]) -> None:
+        from tapct_data import MaskingConfig, MaskingGenerator3d
+
+        _check_crop_sizes(config, patch_size)
+        m = config.masking
+        self.augmentation = build_augmentation(config)
+        (gd, gh, gw), (pd, ph, pw) = config.crops.global_crops_size, patch_size
+        self.mask_generator = MaskingGenerator3d(input_size=(gd // pd, gh // ph, gw // pw),
+                                                 **m.extra)  # fmt: skip
         self.masking = MaskingConfig(mask_probability=m.mask_probability, mask_ratio=m.mask_ratio)
+        self.seed = config.seed
 
-    def __call__(self, slabs: torch.Tensor, seed: int) -> CropsAndMasks:
-        """Crop and mask one micro-batch.
-
-        Args:
-            slabs: ``(B, 1, S, H0, W0)`` float32 on the training device.
-            seed: The micro-batch's seed (``derive_seed(run seed, iteration, shard)``).
-
-        Returns:
-            The crops, the masks and their iBOT index, on the slabs' device.
-        """
-        from tapct_data import collate_data_and_cast
+    def __call__(self, samples: Sequence[tuple[int, torch.Tensor]]) -> LoaderBatch:
+        """Collate ``(sample index, slab (1, S, H0, W0))`` pairs into a :class:`LoaderBatch`."""
+        from tapct_data import collate_slabs
         from tapct_ssl import ibot_mask_indices
 
-        gen = torch.Generator(device=slabs.device).manual_seed(derive_seed(seed, "crops"))
-        crops = self.augment(slabs, generator=gen)
-        mask_gen = torch.Generator().manual_seed(derive_seed(seed, "masks"))
-        batch = collate_data_and_cast(
-            crops,
-            mask_generator=self.mask_generator,
+        seed = derive_seed(self.seed, "batch", int(samples[0][0]))
+        batch = collate_slabs(
+            [slab for _, slab in samples],
+            self.augmentation,
+            self.mask_generator,
             masking=self.masking,
-            dtype=torch.float32,
-            generator=mask_gen,
+            crops_generator=torch.Generator().manual_seed(derive_seed(seed, "crops")),
+            masks_generator=torch.Generator().manual_seed(derive_seed(seed, "masks")),
         )
-        index = ibot_mask_indices(batch.masks)  # (2B, N) bool drawn on the CPU: no sync
-        device = slabs.device
-        return CropsAndMasks(
-            global_crops=batch.global_crops,
-            local_crops=batch.local_crops,
-            masks=batch.masks.to(device, non_blocking=True),
-            mask_index=index.to(device, non_blocking=True),
+        return LoaderBatch(
+            slabs=batch.slabs,
+            params=batch.params,
+            masks=batch.masks,
+            mask_index=ibot_mask_indices(batch.masks),  # CPU: no device sync
+            seed=seed,
         )
+
+
+class _Keyed(Dataset):
+    """``dataset[k] -> (k, dataset[k])``, so the collate knows the micro-batch's samples."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        return int(index), self.dataset[index]
 
 
 def build_data(
@@ -264,13 +331,18 @@ def build_data(
 
 
 def build_loader(
-    dataset: IndexedSlabs, sampler: IterationBatchSampler, config: PretrainConfig, device: Any
-) -> Iterator[torch.Tensor]:
-    """An iterator over this rank's micro-batches of slabs ``(B, 1, S, H0, W0)`` (CPU).
+    dataset: Any,
+    sampler: IterationBatchSampler,
+    collate: WorkerCollate,
+    config: PretrainConfig,
+    device: Any,
+) -> Iterator[LoaderBatch]:
+    """An iterator over this rank's micro-batches (:class:`LoaderBatch`, CPU).
 
     Args:
-        dataset: The slab dataset.
+        dataset: The slab dataset (index ``k`` -> slab ``(1, S, H0, W0)``).
         sampler: The iteration batch sampler (fixes the order, so resume is exact).
+        collate: Draws crops' parameters and masks in the workers.
         config: The run config (``data.num_workers``).
         device: The training device (pinned memory on CUDA).
 
@@ -281,8 +353,9 @@ def build_loader(
 
     workers = config.data.num_workers
     loader = DataLoader(
-        dataset,
+        _Keyed(dataset),
         batch_sampler=sampler,
+        collate_fn=collate,
         num_workers=workers,
         pin_memory=torch.device(device).type == "cuda",
         persistent_workers=False,
@@ -300,7 +373,8 @@ class TrainParts:
         model: What the step calls: the objective itself, or its DDP wrapper.
         optimizer: Fused AdamW over the student.
         schedules: ``tapct_ssl.Schedules`` over ``config.train.iterations``.
-        augmenter: Slabs -> crops and masks.
+        augmentation: ``tapct_data.MultiCropAugmentation`` (``apply`` in the step).
+        collate: The loader's :class:`WorkerCollate` (``sample`` and masks in workers).
         device: The training device.
         precision: ``auto``, ``bf16`` or ``fp32`` (autocast policy).
         clip_grad: Gradient-norm clip per student part (<= 0: none).
@@ -311,7 +385,8 @@ class TrainParts:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     schedules: Schedules
-    augmenter: Augmenter
+    augmentation: MultiCropAugmentation
+    collate: WorkerCollate
     device: torch.device
     precision: str
     clip_grad: float
@@ -325,7 +400,7 @@ class TrainParts:
 
 
 def build_parts(config: PretrainConfig, dist: DistInfo) -> TrainParts:
-    """Build backbone, objective, optimizer, schedules and augmenter on ``dist.device``.
+    """Build backbone, objective, optimizer, schedules and augmentation on ``dist.device``.
 
     The weights are initialised from ``derive_seed(config.seed, "init")`` so every rank
     starts identical. DDP wraps the objective when the job has several processes; call
@@ -353,6 +428,7 @@ def build_parts(config: PretrainConfig, dist: DistInfo) -> TrainParts:
             if isinstance(model, VisionTransformer3d):
                 model.compile_blocks()
     optim_config = build_optim_config(config)
+    collate = WorkerCollate(config, backbone.patch_size)
     schedules = build_schedulers(
         optim_config,
         config.train.iterations,
@@ -363,7 +439,8 @@ def build_parts(config: PretrainConfig, dist: DistInfo) -> TrainParts:
         model=objective,
         optimizer=build_optimizer(objective, optim_config, dist.device),
         schedules=schedules,
-        augmenter=Augmenter(config, backbone.patch_size),
+        augmentation=collate.augmentation,
+        collate=collate,
         device=dist.device,
         precision=config.precision,
         clip_grad=float(optim_config.clip_grad),

@@ -26,7 +26,7 @@ from tapct_app.config_file import config_to_dict
 from tapct_app.train import checkpoint as ckpt
 from tapct_app.train.build import build_data, build_loader, build_parts, wrap_ddp
 from tapct_app.train.config import PretrainConfig
-from tapct_app.train.data import IterationBatchSampler, derive_seed
+from tapct_app.train.data import IterationBatchSampler
 from tapct_app.train.distributed import (
     DistInfo,
     all_gather_floats,
@@ -43,7 +43,7 @@ from tapct_app.train.state import (
     restore_run_state,
     run_state_to_checkpoint,
 )
-from tapct_app.train.step import MicroBatch, train_step
+from tapct_app.train.step import train_step
 
 __all__ = [
     "Hook",
@@ -256,7 +256,7 @@ def _run(
         start, end, run.samples_seen, config.train.batch_size,
         config.train.accumulation_steps, dist.rank, dist.world_size,
     )  # fmt: skip
-    batches = build_loader(dataset, sampler, config, dist.device)
+    batches = build_loader(dataset, sampler, parts.collate, config, dist.device)
     hooks: list[Hook] = []
     if dist.is_main:
         hooks.append(MetricsHook(output, start))
@@ -272,13 +272,7 @@ def _run(
     t_log, n_log = t_start, 0
     try:
         for it in range(start, end):
-            micro = [
-                MicroBatch(
-                    next(batches).to(dist.device, non_blocking=True),
-                    derive_seed(config.seed, it, dist.rank * accum + a),
-                )
-                for a in range(accum)
-            ]
+            micro = [next(batches).to(dist.device, non_blocking=True) for _ in range(accum)]
             step_out = train_step(parts, micro, it)
             monitor.observe(it, step_out)
             run.iteration, run.samples_seen = it + 1, run.samples_seen + global_batch

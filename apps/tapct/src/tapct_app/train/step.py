@@ -5,9 +5,11 @@
 
 1. set lr, weight decay and the last-layer freeze from the schedules
    (``tapct_ssl.apply_schedules``: host floats);
-2. for each micro-batch: crops and masks on the device, reseed drop path from the
-   micro-batch seed, the objective under autocast, backward of ``loss / k`` (DDP
-   all-reduces the gradients on the last micro-batch only);
+2. for each micro-batch (a ``LoaderBatch``: slabs, crop parameters, masks and mask
+   indices, all drawn in the DataLoader workers): the crops applied on the device
+   (``MultiCropAugmentation.apply``), drop path reseeded from the micro-batch seed,
+   the objective under autocast, backward of ``loss / k`` (DDP all-reduces the
+   gradients on the last micro-batch only);
 3. clip each student part's gradient norm (3.0, as DINOv2; ``clip_gradients``);
 4. ``found_inf``: any term or gradient norm not finite, on any rank (a MAX all-reduce
    of a device tensor); fused AdamW skips its update where it is set, and the
@@ -15,9 +17,9 @@
 
 It returns device tensors only (:class:`StepOutput`); reading them is the loop's job,
 once every ``log_every`` steps (``tapct_app.train.monitor``), so the device never waits for the host
-in between. Every random choice derives from ``(seed, iteration, shard)``, so a resumed
-run continues exactly and ``n`` processes equal one process accumulating ``n``
-micro-batches.
+in between. Every random choice derives from the run seed and the micro-batch's first
+sample index, so a resumed run continues exactly and ``n`` processes equal one process
+accumulating ``n`` micro-batches.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import torch
 
-from tapct_app.train.build import TrainParts
+from tapct_app.train.build import LoaderBatch, TrainParts
 from tapct_app.train.data import derive_seed
 from tapct_app.train.distributed import all_reduce_max_
 
@@ -38,7 +40,6 @@ if TYPE_CHECKING:
     from tapct_ssl import ScheduleValues
 
 __all__ = [
-    "MicroBatch",
     "Phase",
     "StepOutput",
     "autocast",
@@ -52,19 +53,6 @@ Phase = Callable[[str], AbstractContextManager[Any]]
 
 def _no_phase(name: str) -> AbstractContextManager[Any]:
     return contextlib.nullcontext()
-
-
-@attrs.frozen
-class MicroBatch:
-    """One micro-batch as the loader delivers it, on the training device.
-
-    Attributes:
-        slabs: ``(B, 1, S, H0, W0)`` float32, normalised.
-        seed: ``derive_seed(run seed, iteration, shard)``: crops, masks and drop path.
-    """
-
-    slabs: torch.Tensor
-    seed: int
 
 
 @attrs.frozen
@@ -105,7 +93,7 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any
 
 def train_step(
     parts: TrainParts,
-    micro_batches: Sequence[MicroBatch],
+    micro_batches: Sequence[LoaderBatch],
     iteration: int,
     phase: Phase | None = None,
 ) -> StepOutput:
@@ -141,17 +129,17 @@ def train_step(
     sums: torch.Tensor | None = None
     for a, mb in enumerate(micro_batches):
         with phase("augment"):
-            batch = parts.augmenter(mb.slabs, mb.seed)
+            crops = parts.augmentation.apply(mb.slabs, mb.params)
         torch.manual_seed(derive_seed(mb.seed, "model"))  # drop path
         sync = ddp.no_sync() if ddp is not None and a < accum - 1 else contextlib.nullcontext()
         with sync:
             with phase("forward"), autocast(parts.device, parts.precision):
                 terms = parts.model(
-                    batch.global_crops,
-                    batch.local_crops,
-                    batch.masks,
+                    crops.global_crops,
+                    crops.local_crops,
+                    mb.masks,
                     schedule.teacher_temp,
-                    mask_index=batch.mask_index,
+                    mask_index=mb.mask_index,
                 )
             with phase("backward"):
                 (terms.loss / accum).backward()
