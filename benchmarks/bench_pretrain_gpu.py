@@ -127,11 +127,11 @@ class PhaseTimer:
 
 
 def _phantom_store(root: Path, in_plane: Sequence[int], depth: int) -> Path:
-    from tapct_app.train.data import prepare_store, write_demo_phantoms
+    from tapct_app.train.data import prepare_stores, write_demo_phantoms
 
     shape = (max(2 * depth, 16), max(in_plane[0], 48), max(in_plane[1], 48))
     paths = write_demo_phantoms(root / "nii", 2, shape, seed=0)
-    return prepare_store([str(p) for p in paths], root / "cache")
+    return prepare_stores([str(p) for p in paths], root / "cache")[0]
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:

@@ -23,10 +23,10 @@ from torch.utils.data import Dataset
 from tapct_app.errors import UserError
 from tapct_app.train.config import PretrainConfig
 from tapct_app.train.data import (
-    IndexedSlabs,
     IterationBatchSampler,
+    PretrainSlabDataset,
     derive_seed,
-    prepare_store,
+    prepare_stores,
     write_demo_phantoms,
 )
 from tapct_app.train.distributed import DistInfo, barrier
@@ -284,7 +284,7 @@ class _Keyed(Dataset):
 
 def build_data(
     config: PretrainConfig, output: Path, dist: DistInfo, console: Any = None
-) -> tuple[IndexedSlabs, Path]:
+) -> tuple[PretrainSlabDataset, list[Path]]:
     """Sources -> zarr store (cached under ``output/cache``) -> normalised slab dataset.
 
     Rank 0 builds the store (or the demo phantoms); the other ranks wait, then open it.
@@ -296,14 +296,16 @@ def build_data(
         console: A rich console for a short message, or None.
 
     Returns:
-        ``(dataset, store)``: the map-style dataset (index ``k`` -> slab
+        ``(dataset, stores)``: the map-style dataset (index ``k`` -> slab
         ``(1, S, H0, W0)`` float32, clipped and z-normalised with
-        ``config.data.normalize``) and the store path.
+        ``config.data.normalize``; ``tapct_data.PretrainSlabDataset``) and the store paths
+        (several stores or shards read as one dataset).
 
     Raises:
-        UserError: If a source is missing or cannot be converted.
+        UserError: If a source is missing, or a scan cannot be converted with
+            ``data.on_error: stop``.
     """
-    from tapct_data import ClipNormalize, PretrainSlabDataset, is_zarr_store
+    from tapct_data import ClipNormalize, is_zarr_store
 
     cache = output / "cache"
     sources: list[str] = list(config.data.sources)
@@ -316,10 +318,10 @@ def build_data(
     if dist.is_main:
         if console is not None and not all(is_zarr_store(s) for s in sources):
             console.print(f"[dim]preparing the zarr store cache for {len(sources)} source(s)[/]")
-        store = prepare_store(sources, cache)
+        store = prepare_stores(sources, cache, on_error=config.data.on_error, console=console)
     barrier()
-    if not dist.is_main:
-        store = prepare_store(sources, cache)
+    if not dist.is_main:  # the main process has built the cache
+        store = prepare_stores(sources, cache, convert=False)
     dataset = PretrainSlabDataset(
         store,
         slab_depth=config.data.slab_depth,
@@ -327,7 +329,7 @@ def build_data(
         normalize=ClipNormalize(config.data.normalize),
         seed=config.seed,
     )
-    return IndexedSlabs(dataset), store
+    return dataset, store
 
 
 def build_loader(

@@ -344,7 +344,7 @@ def _finish(
     wall: float,
     last_ckpt: Path | None,
     last_loss: float,
-    store: Path,
+    store: list[Path],
 ) -> PretrainResult:
     """Export (at the end of the run), loss curve, ``summary.json``, the result."""
     total, global_batch = config.train.iterations, config.train.global_batch(dist.world_size)
@@ -369,7 +369,7 @@ def _finish(
             "world_size": dist.world_size,
             "global_batch": global_batch,
             "rank_checksums": list(checksums),
-            "store": str(store),
+            "store": ", ".join(str(p) for p in store),
             "checkpoint": str(last_ckpt) if last_ckpt else None,
             "model_dir": str(model_dir) if model_dir else None,
         }
