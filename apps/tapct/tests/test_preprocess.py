@@ -60,7 +60,7 @@ def test_dry_run_writes_nothing_but_the_list(tmp_path, capsys):
 
 def test_two_shards_hold_every_scan_once_and_pretrain_on_both(tmp_path, tiny_config, capsys):
     import attrs
-    from tapct_app.train.engine import run_pretraining
+    from tapct_app.train.loop import run_pretraining
     from tapct_data import open_stores
 
     inputs, _bad = _tree(tmp_path)

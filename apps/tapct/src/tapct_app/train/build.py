@@ -24,7 +24,6 @@ from tapct_app.errors import UserError
 from tapct_app.train.config import PretrainConfig
 from tapct_app.train.data import (
     IterationBatchSampler,
-    PretrainSlabDataset,
     derive_seed,
     prepare_stores,
     write_demo_phantoms,
@@ -32,7 +31,7 @@ from tapct_app.train.data import (
 from tapct_app.train.distributed import DistInfo, barrier
 
 if TYPE_CHECKING:  # the libraries are imported lazily, for a fast CLI start
-    from tapct_data import MultiCropAugmentation, MultiCropParams
+    from tapct_data import MultiCropAugmentation, MultiCropParams, PretrainSlabDataset
     from tapct_ssl import DINOv2Objective, Schedules, iBOTMaskIndex
     from tapct_vit3d import VisionTransformer3d
 
@@ -305,7 +304,7 @@ def build_data(
         UserError: If a source is missing, or a scan cannot be converted with
             ``data.on_error: stop``.
     """
-    from tapct_data import ClipNormalize, is_zarr_store
+    from tapct_data import ClipNormalize, PretrainSlabDataset, is_zarr_store
 
     cache = output / "cache"
     sources: list[str] = list(config.data.sources)
