@@ -110,7 +110,9 @@ def test_bad_scan_is_skipped_and_reported(scans, bad_scan, model_dir, tmp_path, 
     assert not (out / "skipped.jsonl").exists()
 
 
-def test_on_error_stop_keeps_the_scans_before(scans, bad_scan, model_dir, tmp_path, capsys):
+def test_on_error_stop_keeps_the_scans_before(scans, model_dir, tmp_path, capsys):
+    bad_scan = tmp_path / "phantom-0005.nii.gz"  # scans are embedded in name order
+    bad_scan.write_text("not an image")
     out = tmp_path / "emb"
     assert _embed([scans[0], bad_scan, scans[1]], model_dir, out, "--on-error", "stop") == 2
     (line,) = _error_lines(capsys.readouterr().err)
@@ -230,3 +232,37 @@ def test_windows_are_padded_with_normalised_air():
     assert _air_pad_value(ClipNormalize(lower=-1100.0)) == pytest.approx(
         (-1024.0 + 86.8086) / 322.6347
     )
+
+
+def test_a_tree_is_embedded_with_the_names_and_skips_of_preprocess(
+    shared_data, model_dir, tmp_path, capsys
+):
+    """A folder walk: NIfTI in sub-folders, a DICOM series folder, bad files (walk and read)."""
+    import shutil
+
+    from tapct_data import expand_inputs
+
+    tree = tmp_path / "archive"
+    (tree / "p1" / "ct").mkdir(parents=True)
+    shutil.copy(shared_data / "ct" / "example_ct_sm.nii.gz", tree / "p1" / "ct" / "scan.nii.gz")
+    shutil.copytree(shared_data / "ct" / "ct_3slice_dicom", tree / "p2" / "series")
+    (tree / "p1" / "notes.nii.gz").write_text("not a NIfTI file")  # read-time skip
+    (tree / "broken.dcm").write_text("not DICOM")  # walk-time skip (no DICOM tags)
+    out = tmp_path / "emb"
+    assert _embed([tree], model_dir, out, "--in-plane", "32,32") == 0
+    listing = expand_inputs(tree)  # the names preprocess gives
+    names = [s["name"] for s in _manifest(out)["scans"]]
+    assert names == ["p1_ct_scan", listing.names[-1]] and names[1].startswith("p2_series_")
+    assert [s["volume_shape"] for s in _manifest(out)["scans"]] == [[30, 32, 32], [3, 32, 32]]
+    rows = [json.loads(ln) for ln in (out / "skipped.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in rows] == [str(tree / "broken.dcm"), str(tree / "p1/notes.nii.gz")]
+    assert rows[0]["reason"].startswith("cannot parse DICOM header")
+    assert rows[1]["reason"].startswith("cannot read NIfTI")
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"2 embedded, 2 skipped (see {out / 'skipped.jsonl'}) in {out}"
+    # --exclude drops the bad files before anything is read; --on-error stop then passes.
+    out2 = tmp_path / "emb2"
+    args = ["--in-plane", "32,32", "--exclude", "*notes*", "--exclude", "broken.dcm"]
+    assert _embed([tree], model_dir, out2, *args, "--on-error", "stop") == 0
+    assert [s["name"] for s in _manifest(out2)["scans"]] == names
+    assert not (out2 / "skipped.jsonl").exists()

@@ -79,3 +79,37 @@ def test_two_shards_hold_every_scan_once_and_pretrain_on_both(tmp_path, tiny_con
     summary = json.loads((result.output / "summary.json").read_text())
     assert summary["store"] == ", ".join(str(s.path) for s in both.stores)
     assert summary["iterations_total"] == 2 and summary["last_loss"] == summary["last_loss"]
+
+
+def _totalsegmentator_like(shared_data, root):
+    """``s0001/ct.nii.gz`` with its ``s0001/segmentations/liver.nii.gz`` label map."""
+    import shutil
+
+    (root / "s0001" / "segmentations").mkdir(parents=True)
+    shutil.copy(shared_data / "ct" / "example_ct_sm.nii.gz", root / "s0001" / "ct.nii.gz")
+    label = root / "s0001" / "segmentations" / "liver.nii.gz"
+    shutil.copy(shared_data / "labels" / "example_ct_sm_seg.nii.gz", label)
+    return label
+
+
+def test_exclude_leaves_out_label_folders_and_a_label_map_is_skipped(shared_data, tmp_path, capsys):
+    from tapct_data import ZarrVolumeStore
+
+    label = _totalsegmentator_like(shared_data, tmp_path / "ts")
+    store = tmp_path / "s.zarr"
+    args = ["preprocess", str(tmp_path / "ts"), "--workers", "1", "-o", str(store)]
+    assert main([*args, "--exclude", "segmentations/*"]) == 0
+    assert ZarrVolumeStore(store).names == ["s0001_ct"]
+    assert (store / "skipped.jsonl").read_text() == ""
+    assert (
+        capsys.readouterr()
+        .out.strip()
+        .endswith(f"1 scans written, 0 skipped (see {store / 'skipped.jsonl'})")
+    )
+    # Without --exclude the label map is not pretrained on: skipped, with the reason.
+    store2 = tmp_path / "s2.zarr"
+    assert main([*args[:-1], str(store2)]) == 0
+    assert ZarrVolumeStore(store2).names == ["s0001_ct"]
+    (row,) = [json.loads(line) for line in (store2 / "skipped.jsonl").read_text().splitlines()]
+    assert row["path"] == str(label)
+    assert "label map" in row["reason"], row

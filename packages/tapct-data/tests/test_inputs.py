@@ -202,6 +202,9 @@ def test_include_exclude_patterns(archive):
     no_labels = expand_inputs(archive, exclude=["labels/*", "*.dcm", "bad/*"])
     assert "labels_ct_seg" not in no_labels.names
     assert all(s.kind != "dicom" or len(s.files) == 20 for s in no_labels.scans)
+    # A pattern with a folder matches at any depth (TotalSegmentator's s0001/segmentations/).
+    assert expand_inputs(archive, include=["d1/*"]).names == ["nifti_d1_a"]
+    assert "nifti_d1_a" not in expand_inputs(archive, exclude=["d1/*"]).names
 
 
 def test_names_unique_and_stable_when_an_input_is_added(shared_data, tmp_path):

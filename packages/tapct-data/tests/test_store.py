@@ -173,6 +173,41 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_store(tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
 
 
+_DYING_READER = """
+import json, sys
+from pathlib import Path
+from tapct_data import ScanSource, build_zarr_store
+paths, out = json.loads(sys.argv[1]), sys.argv[2]
+sources = [ScanSource(name=Path(p).name.split(".")[0], path=Path(p), kind="nifti") for p in paths]
+report = build_zarr_store(sources, out, workers=2, chunks=(1, 16, 16), slices_per_file=4)
+print(json.dumps([list(report.written), [s.reason for s in report.skipped]]))
+"""
+
+
+def test_a_reader_process_that_dies_skips_its_scan_not_the_build(tmp_path):
+    sources = _scans(tmp_path)
+    paths = [str(s.path) for s in sources]
+    reference = build_zarr_store(sources, tmp_path / "ref.zarr", **SMALL).path
+    out = tmp_path / "s.zarr"
+    # The reader of scan1 is killed (as by the OOM killer) each time it starts on scan1:
+    # in the pool (which breaks) and again when retried on its own.
+    env = {**os.environ, "TAPCT_FAULT": "store.read.scan1:1"}
+    args = [sys.executable, "-c", _DYING_READER, json.dumps(paths), str(out)]
+    run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    written, reasons = json.loads(run.stdout.strip().splitlines()[-1])
+    assert sorted(written) == ["scan0", "scan2", "scan3"]
+    assert reasons == [f"{sources[1]}: the reader process died (signal 9, e.g. out of memory)"]
+    rows = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert rows == [{"path": str(sources[1]), "reason": reasons[0]}]
+    snapshot, want = _snapshot(out), _snapshot(reference)
+    assert snapshot == {k: v for k, v in want.items() if k != "scan1"}
+    # The rerun (the reader no longer dies) retries the skipped scan: the full store.
+    rerun = build_zarr_store(sources, out, workers=2, **SMALL)
+    assert rerun.written == ("scan1",) and rerun.skipped == ()
+    assert _snapshot(out) == want
+
+
 def test_shards_hold_every_scan_once_and_open_as_one_dataset(tmp_path):
     sources = [*_scans(tmp_path), _bad(tmp_path)]
     folder = tmp_path / "shards"

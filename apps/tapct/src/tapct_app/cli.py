@@ -7,6 +7,7 @@ stderr and exit status 2; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -95,6 +96,24 @@ _INTENSITY_HELP = (
 )
 _MODEL_INTENSITY_HELP = _INTENSITY_HELP + " Default: the statistics recorded with the model."
 
+#: ``--include`` / ``--exclude`` of every command that takes scans (``tapct_data.expand_inputs``).
+_Include = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--include",
+        help="Glob pattern (repeatable): keep only files whose path inside its input, or "
+        "whose name, matches one (* also matches /), e.g. '*/ct.nii.gz'.",
+    ),
+]
+_Exclude = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude",
+        help="Glob pattern (repeatable): leave out matching files, e.g. 'segmentations/*' "
+        "or 'labelsTr/*'.",
+    ),
+]
+
 
 # --------------------------------------------------------------------------- pretrain
 
@@ -152,6 +171,8 @@ def pretrain(
         Path | None,
         typer.Option(help=_INTENSITY_HELP + " Sets data.normalize; default: the paper's."),
     ] = None,
+    include: _Include = None,
+    exclude: _Exclude = None,
 ) -> None:
     """3D DINOv2 pretraining (paper Table 7). With no arguments: a short CPU demo on phantoms.
 
@@ -174,7 +195,12 @@ def pretrain(
         resume=resume,
         device=device,
         stop_after=stop_after,
-        overrides=[*([f"data.on_error={on_error}"] if on_error else []), *(set_ or [])],
+        overrides=[
+            *([f"data.on_error={on_error}"] if on_error else []),
+            *([f"data.include={json.dumps(include)}"] if include else []),
+            *([f"data.exclude={json.dumps(exclude)}"] if exclude else []),
+            *(set_ or []),
+        ],
         console=_console(),
         intensity_stats=intensity_stats,
     )
@@ -201,7 +227,10 @@ def export(
 @app.command()
 def embed(
     inputs: Annotated[
-        list[Path], typer.Argument(help="Scans: NIfTI/NRRD/MHA files, DICOM folders, zarr stores.")
+        list[Path],
+        typer.Argument(
+            help="Scan files, folders (walked recursively), zarr stores, .txt/.csv lists."
+        ),
     ],
     model: Annotated[
         str, typer.Option("--model", "-m", help="Model directory (save_pretrained) or a preset.")
@@ -231,6 +260,8 @@ def embed(
     ] = "skip",
     sw_batch_size: Annotated[int, typer.Option(help="Sliding windows per forward.")] = 4,
     intensity_stats: Annotated[Path | None, typer.Option(help=_MODEL_INTENSITY_HELP)] = None,
+    include: _Include = None,
+    exclude: _Exclude = None,
 ) -> None:
     """Embed scans: dense patch features (E, t, h, w) and window cls tokens, plus a PCA picture.
 
@@ -254,6 +285,8 @@ def embed(
         on_error=on_error,
         sw_batch_size=sw_batch_size,
         intensity_stats=intensity_stats,
+        include=include or (),
+        exclude=exclude or (),
     )
 
 
@@ -329,6 +362,8 @@ def preprocess(
         Path | None,
         typer.Option("--list-file", help="With --dry-run: write the scans as a .csv listing."),
     ] = None,
+    include: _Include = None,
+    exclude: _Exclude = None,
 ) -> None:
     """Convert scans into a chunked zarr store for pretraining (parallel, resumable).
 
@@ -348,6 +383,8 @@ def preprocess(
         on_error=on_error,
         dry_run=dry_run,
         list_file=list_file,
+        include=include or (),
+        exclude=exclude or (),
     )
 
 
@@ -370,6 +407,8 @@ def fingerprint(
         int, typer.Option(help="Foreground voxels sampled per scan (nnU-Net: 10000).")
     ] = 10_000,
     seed: Annotated[int, typer.Option(help="Seed of the voxel sampling.")] = 0,
+    include: _Include = None,
+    exclude: _Exclude = None,
 ) -> None:
     """Dataset fingerprint (nnU-Net style): body-foreground clip window, mean, std; spacings."""
     _runtime_policy()
@@ -383,6 +422,8 @@ def fingerprint(
         on_error=on_error,
         samples_per_scan=samples_per_scan,
         seed=seed,
+        include=include or (),
+        exclude=exclude or (),
     )
 
 

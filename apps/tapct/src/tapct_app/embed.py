@@ -38,9 +38,10 @@ from typing import Any
 
 import attrs
 import numpy as np
+from tapct_data import AIR_HU, ScanSource
 from tapct_data.faults import fault_point
 
-from tapct_app.errors import UserError, one_line
+from tapct_app.errors import UserError, one_line, user_errors_from
 
 __all__ = ["EMBED_FORMAT", "EmbedReport", "embed_command", "pca_rgb", "save_pca_figure"]
 
@@ -167,24 +168,6 @@ class EmbedReport:
         return text + f" in {self.output}"
 
 
-@attrs.frozen
-class _Source:
-    """One scan to embed (today's input rule; ``tapct_data.ScanSource`` will replace it).
-
-    Attributes:
-        name: Unique output name.
-        path: The file, DICOM folder or zarr store.
-        store_key: The scan's name inside a zarr store, else None.
-    """
-
-    name: str
-    path: str
-    store_key: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.store_key}" if self.store_key is not None else self.path
-
-
 @attrs.frozen(eq=False)
 class _Scan:
     """A scan read by a worker: what crosses the process boundary (numpy, picklable)."""
@@ -197,62 +180,50 @@ class _Scan:
 # --------------------------------------------------------------------------- inputs
 
 
-def _list_sources(inputs: Sequence[Path]) -> list[_Source]:
-    """Expand the inputs into scans, without reading them (one-line errors for bad stores).
+def _list_sources(
+    inputs: Sequence[Path], include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> Any:
+    """Expand the inputs as every command does (``tapct_app.scans.list_inputs``).
+
+    Returns:
+        The ``tapct_data.InputListing``: its scans (unique names, as ``tapct preprocess``
+        gives them) and the walk-time skips (reported in ``skipped.jsonl``).
 
     Raises:
-        UserError: A missing input, or a zarr store with no complete scan (empty, or not
-            written by ``tapct preprocess``).
+        UserError: A missing input, a zarr store given as an input with no complete scan
+            (empty, or not written by ``tapct preprocess``), or no scan at all.
     """
-    from tapct_data import is_zarr_store, scan_name
+    from tapct_data import ZarrVolumeStore, is_zarr_store
 
-    from tapct_app.errors import user_errors_from
-    from tapct_app.scans import check_inputs_exist
+    from tapct_app.scans import check_inputs_exist, list_inputs
 
     check_inputs_exist(inputs)
-    seen: dict[str, int] = {}
-
-    def unique(name: str) -> str:
-        seen[name] = seen.get(name, 0) + 1
-        return name if seen[name] == 1 else f"{name}-{seen[name]}"
-
-    sources: list[_Source] = []
     for path in inputs:
         if is_zarr_store(path):
-            from tapct_data import ZarrVolumeStore
-
             with user_errors_from(path):
-                names = list(ZarrVolumeStore(path).names)
+                names = ZarrVolumeStore(path).names
             if not names:
                 raise UserError(
                     f"{path}: no complete scans in this zarr store (empty, or not a store "
                     "written by `tapct preprocess`)"
                 )
-            sources += [_Source(unique(scan_name(n)), str(path), n) for n in names]
-        else:
-            sources.append(_Source(unique(scan_name(Path(path).name)), str(path)))
-    return sources
+    return list_inputs(inputs, include=include, exclude=exclude)
 
 
-def _read_source(source: _Source, in_plane: tuple[int, int] | None) -> _Scan | str:
+def _read_source(source: ScanSource, in_plane: tuple[int, int] | None) -> _Scan | str:
     """Read one scan in HU (in a worker); a scan the user can fix gives its one-line reason.
+
+    Module level, so a process pool can pickle it.
 
     Returns:
         The scan, or the reason it cannot be embedded (``"<source>: <problem>"``).
     """
-    from tapct_app.errors import user_errors_from
+    from tapct_data import read_scan
 
     volume: Any
     try:
-        if source.store_key is not None:
-            from tapct_data import ZarrVolumeStore
-
-            with user_errors_from(str(source)):
-                volume = ZarrVolumeStore(source.path).read(source.store_key)
-        else:
-            from tapct_app.scans import read_ct
-
-            volume = read_ct(source.path)
+        with user_errors_from(str(source)):
+            volume = read_scan(source)
         if in_plane is not None:
             from tapct_data import resize_for_eval
 
@@ -267,7 +238,7 @@ def _read_source(source: _Source, in_plane: tuple[int, int] | None) -> _Scan | s
     )
 
 
-def _reason(message: str, source: _Source) -> str:
+def _reason(message: str, source: ScanSource) -> str:
     """``"<source>: <problem>"`` -> ``"<problem>"`` for ``skipped.jsonl``."""
     for prefix in (f"{source}: ", f"{source.path}: "):
         if message.startswith(prefix):
@@ -291,16 +262,16 @@ def _executor(workers: int) -> Executor:
 
 
 def _read_ahead(
-    sources: Sequence[_Source],
+    sources: Sequence[ScanSource],
     in_plane: tuple[int, int] | None,
     workers: int,
-    read: Callable[[_Source, tuple[int, int] | None], _Scan | str],
-) -> Iterator[tuple[_Source, _Scan | str]]:
+    read: Callable[[ScanSource, tuple[int, int] | None], _Scan | str],
+) -> Iterator[tuple[ScanSource, _Scan | str]]:
     """Yield ``(source, scan or reason)`` in order, keeping ``workers + 1`` reads in flight."""
     if not sources:
         return
     executor = _executor(workers)
-    pending: deque[tuple[_Source, Future[_Scan | str]]] = deque()
+    pending: deque[tuple[ScanSource, Future[_Scan | str]]] = deque()
     todo = iter(sources)
     try:
         for source in todo:
@@ -340,8 +311,7 @@ def _air_pad_value(normalize: Any) -> float:
     """The normalised value of air (-1024 HU, clipped like every voxel): the window padding."""
     import torch
 
-    air_hu = -1024.0  # tapct_data's one air value (AIR_HU)
-    return float(normalize(torch.tensor([air_hu], dtype=torch.float32))[0])
+    return float(normalize(torch.tensor([AIR_HU], dtype=torch.float32))[0])
 
 
 def _weights_digest(model: Any) -> str:
@@ -403,7 +373,7 @@ class _Manifest:
                 f"{self.path}: not a tapct embedding manifest ({one_line(exc)}); choose another -o"
             ) from exc
 
-    def is_done(self, source: _Source, settings_id: str) -> bool:
+    def is_done(self, source: ScanSource, settings_id: str) -> bool:
         """True when ``source`` is in the folder, made with these settings, files present."""
         entry = self.scans.get(source.name)
         if entry is None or entry.get("settings_id") != settings_id:
@@ -541,11 +511,14 @@ def embed_command(
     on_error: str = "skip",
     sw_batch_size: int = 4,
     intensity_stats: Path | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> EmbedReport:
     """Run ``tapct embed`` (see the module docstring).
 
     Args:
-        inputs: Scan files, DICOM folders, zarr stores.
+        inputs: Scan files, folders (walked, DICOM grouped into series), zarr stores,
+            ``.txt``/``.csv`` lists (``tapct_app.scans.list_inputs``).
         model: Model folder or preset.
         output: The output folder (created; an existing one is added to).
         roi: Window ``(d, h, w)`` voxels; None = the model's input size.
@@ -559,6 +532,8 @@ def embed_command(
         on_error: ``"skip"`` (report in ``skipped.jsonl``) or ``"stop"`` at a bad scan.
         sw_batch_size: Windows per forward.
         intensity_stats: ``--intensity-stats`` JSON overriding the model's statistics.
+        include: ``--include`` glob patterns (only matching files are embedded).
+        exclude: ``--exclude`` glob patterns (matching files are left out).
 
     Returns:
         The :class:`EmbedReport` (its :meth:`~EmbedReport.summary` is printed).
@@ -585,7 +560,11 @@ def embed_command(
     if sw_batch_size < 1:
         raise UserError(f"--sw-batch-size {sw_batch_size}: must be at least 1")
     _check_output(output)
-    sources = _list_sources(inputs)
+    listing = _list_sources(inputs, include, exclude)
+    sources: list[ScanSource] = list(listing.scans)
+    walk_skipped = [(s.path, s.reason) for s in listing.skipped]  # found by the walk
+    if on_error == "stop" and walk_skipped:
+        raise UserError(f"{walk_skipped[0][0]}: {walk_skipped[0][1]}")
     try:
         dev = resolve_device(device)
     except ValueError as exc:
@@ -629,8 +608,10 @@ def embed_command(
     done = [s for s in sources if manifest.is_done(s, sid)]
     todo = [s for s in sources if not manifest.is_done(s, sid)]
     embedded: list[str] = []
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = list(walk_skipped)
     progress = _Progress(console, len(todo))
+    for path, reason in walk_skipped:
+        console.print(f"{path}: skipped: {reason}", markup=False, highlight=False, soft_wrap=True)
     try:
         for source, scan in _read_ahead(todo, in_plane, workers, _read_source):
             if isinstance(scan, str):
@@ -681,7 +662,7 @@ def embed_command(
 
 def _commit_scan(
     output: Path,
-    source: _Source,
+    source: ScanSource,
     scan: _Scan,
     feats: Any,
     fmt: str,

@@ -38,6 +38,8 @@ def preprocess_command(
     on_error: str = "skip",
     dry_run: bool = False,
     list_file: Path | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> Any:
     """Convert scans into one chunked zarr store (``tapct_data.build_zarr_store``).
 
@@ -58,6 +60,10 @@ def preprocess_command(
         list_file: With ``dry_run``: also write the listing as a ``.csv`` file
             (``tapct_data.write_listing``) that every shard reads instead of walking the
             archive.
+        include: ``--include`` glob patterns (``tapct_data.expand_inputs``): only matching
+            files are read.
+        exclude: ``--exclude`` glob patterns: matching files are left out (e.g.
+            ``segmentations/*`` of TotalSegmentator, ``labelsTr/*`` of nnU-Net).
 
     Returns:
         The ``tapct_data.StoreReport``, or the ``InputListing`` with ``dry_run``.
@@ -73,7 +79,7 @@ def preprocess_command(
 
     check_inputs_exist(inputs)
     with user_errors_from(inputs[0] if len(inputs) == 1 else "inputs"):
-        listing = expand_inputs(inputs)
+        listing = expand_inputs(inputs, include=include, exclude=exclude)
     if dry_run:
         for line in format_listing(listing):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -121,6 +127,8 @@ def fingerprint_command(
     on_error: str = "skip",
     samples_per_scan: int = 10_000,
     seed: int = 0,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> Any:
     """Compute the dataset fingerprint (``tapct_data.compute_fingerprint``) of the inputs.
 
@@ -139,6 +147,8 @@ def fingerprint_command(
         on_error: ``skip`` (leave bad scans out, list them) or ``stop`` (at the first).
         samples_per_scan: Foreground voxels sampled per scan.
         seed: Seed of the sampling.
+        include: ``--include`` glob patterns (only matching files are read).
+        exclude: ``--exclude`` glob patterns (matching files are left out).
 
     Returns:
         The ``tapct_data.Fingerprint``.
@@ -162,7 +172,7 @@ def fingerprint_command(
     if samples_per_scan < 1:
         raise UserError(f"--samples-per-scan {samples_per_scan}: must be >= 1")
     try:
-        listing = expand_inputs(inputs)
+        listing = expand_inputs(inputs, include=include, exclude=exclude)
     except ValueError as exc:
         raise UserError(one_line(exc)) from exc
     if on_error == "stop" and listing.skipped:

@@ -7,8 +7,10 @@ pass: no ``finally``, no ``atexit``, exactly what ``kill -9`` or the OOM killer 
 Counts are per process. Unset (every normal run), a call costs one dictionary lookup.
 The one implementation for the library and the ``tapct`` app (which imports it).
 
-Points in use: ``store.mid_write``, ``store.after_write``, ``store.after_record``
-(`tapct_data.build_zarr_store`), ``embed.after_scan`` (``tapct embed``).
+Points in use: ``store.read.<scan name>`` (before a scan is read, in the reader
+process), ``store.mid_write``, ``store.after_write``, ``store.after_record``
+(`tapct_data.build_zarr_store`), ``embed.after_scan`` (``tapct embed``). A point name
+holds no ``:``.
 """
 
 from __future__ import annotations

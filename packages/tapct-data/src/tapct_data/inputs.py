@@ -35,7 +35,9 @@ Rules (each one is tested):
   ``name, kind, path, series_uid, store_key, files``) is taken as is, without a walk,
   so the shards of a preprocessing job need not each walk the archive.
 * **include / exclude**: `fnmatch` patterns (``*`` also matches ``/``), tested against
-  the path relative to its input argument (POSIX separators) and against the file name.
+  the path relative to its input argument (POSIX separators) and each of its trailing
+  parts down to the file name, so ``segmentations/*`` matches
+  ``s0001/segmentations/liver.nii.gz`` at any depth and ``ct.nii.gz`` every such file.
   A file is kept when it matches at least one include pattern (if any are given) and no
   exclude pattern. For a DICOM series the test is per file, before grouping.
 
@@ -260,10 +262,11 @@ class _Walk:
     n_args: int = 0
 
     def wanted(self, rel: PurePosixPath) -> bool:
-        text, name = rel.as_posix(), rel.name
+        parts = rel.parts
+        tails = ["/".join(parts[i:]) for i in range(len(parts))]  # a/b/c.nii, b/c.nii, c.nii
 
         def hit(patterns: tuple[str, ...]) -> bool:
-            return any(fnmatch.fnmatch(text, p) or fnmatch.fnmatch(name, p) for p in patterns)
+            return any(fnmatch.fnmatch(t, p) for p in patterns for t in tails)
 
         return (not self.include or hit(self.include)) and not hit(self.exclude)
 

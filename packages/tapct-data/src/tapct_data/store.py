@@ -24,13 +24,17 @@ time (shards write separate stores); any number of readers, also during a build.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import shutil
+import signal
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal
@@ -151,6 +155,7 @@ def _convert_one(task: _Task) -> _Outcome:
     """Read one scan and commit it into the store (runs in a pool worker or in-process)."""
     source = task.source
     try:
+        fault_point(f"store.read.{source.name}")  # a reader dying on this scan (tests)
         volume = read_scan(source)
     except Exception as exc:  # any reader failure is a bad scan, reported
         return _Outcome(source, reason=_reason(source, exc), error=exc)
@@ -198,9 +203,29 @@ def _convert_one(task: _Task) -> _Outcome:
     return _Outcome(source, record=record)
 
 
+@contextlib.contextmanager
+def _single_threaded() -> Iterator[None]:
+    """One thread for torch and zarr's codecs while converting in this process.
+
+    ``workers=N`` means N single-threaded readers, in-process (``N == 1``) or in a pool,
+    so the cores a user grants are the cores used. torch's thread count is restored on
+    exit; zarr's codec threads follow ``threading.max_workers`` (set for the build; zarr
+    honours it when it creates its thread pool, i.e. in a process that has not used zarr
+    before, such as every pool worker).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with zarr.config.set({"threading.max_workers": 1}):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _init_worker() -> None:
     """One thread per worker process: the pool, not the threads, is the parallelism."""
     torch.set_num_threads(1)
+    zarr.config.set({"threading.max_workers": 1})
 
 
 def _pool_context() -> Any:
@@ -211,30 +236,106 @@ def _pool_context() -> Any:
     return context
 
 
-def _run(tasks: Sequence[_Task], workers: int) -> Iterator[_Outcome]:
-    """Outcomes of ``tasks`` in completion order; at most ``2 * workers`` in flight."""
-    if workers <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            yield _convert_one(task)
-        return
-    context = _pool_context()
+def _died(source: ScanSource, exitcode: int | None) -> str:
+    """The reason of a scan whose reader process died (OOM killer, a crashing decoder)."""
+    if exitcode is not None and exitcode < 0:
+        number = -exitcode
+        hint = ", e.g. out of memory" if number == signal.SIGKILL else ", a crash in a reader"
+        how = f"signal {number}{hint}"
+    else:
+        how = f"exit status {exitcode}"
+    return f"{source}: the reader process died ({how})"
+
+
+def _alone_main(task: _Task, conn: Any) -> None:
+    """Entry of the process that retries one scan on its own (after a broken pool)."""
+    _init_worker()
+    conn.send(_convert_one(task))
+    conn.close()
+
+
+def _run_alone(task: _Task, context: Any) -> _Outcome:
+    """Convert one scan in a process of its own; a dead process is the scan's skip reason."""
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_alone_main, args=(task, send), daemon=True)
+    process.start()
+    send.close()
+    outcome: _Outcome | None = None
+    try:
+        outcome = receive.recv()
+    except EOFError:  # the process died before sending its outcome
+        pass
+    finally:
+        receive.close()
+        process.join()
+    if outcome is None:
+        return _Outcome(task.source, reason=_died(task.source, process.exitcode))
+    return outcome
+
+
+def _run_pool(
+    queue: deque[_Task], workers: int, context: Any
+) -> Generator[_Outcome, None, list[_Task]]:
+    """Outcomes from one pool over ``queue`` (consumed); at most ``2 * workers`` in flight.
+
+    Returns:
+        The tasks in flight when a worker died (the pool is then unusable), else ``[]``.
+    """
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-        pending: set[Future[_Outcome]] = set()
-        queue = iter(tasks)
+        pending: dict[Future[_Outcome], _Task] = {}
         try:
             while True:
-                for task in queue:
-                    pending.add(pool.submit(_convert_one, task))
-                    if len(pending) >= 2 * workers:
-                        break
+                while queue and len(pending) < 2 * workers:
+                    task = queue.popleft()
+                    pending[pool.submit(_convert_one, task)] = task
                 if not pending:
-                    return
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    return []
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                broken = False
                 for future in done:
-                    yield future.result()
+                    task = pending.pop(future)
+                    try:
+                        outcome = future.result()
+                    except BrokenProcessPool:
+                        pending[future] = task
+                        broken = True
+                        continue
+                    yield outcome
+                if broken:  # every task in flight that did not finish is a suspect
+                    wait(pending)  # a broken pool fails them all, at once
+                    suspects = []
+                    for future, task in sorted(pending.items(), key=lambda i: i[1].source.name):
+                        if future.exception() is None:
+                            yield future.result()
+                        else:
+                            suspects.append(task)
+                    pending.clear()
+                    return suspects
         finally:  # a stop (or an error) lets running scans finish and drops the rest
             for future in pending:
                 future.cancel()
+
+
+def _run(tasks: Sequence[_Task], workers: int) -> Iterator[_Outcome]:
+    """Outcomes of ``tasks`` in completion order.
+
+    ``workers == 1`` converts in this process, single-threaded. Otherwise a pool of
+    ``workers`` single-threaded processes; when one dies (the OOM killer, a segfaulting
+    decoder) the pool breaks: the scans then in flight are retried one at a time, each
+    in a process of its own, so the one that kills its reader is isolated and reported
+    (`_died`), and a fresh pool takes the rest.
+    """
+    if workers <= 1 or len(tasks) <= 1:
+        with _single_threaded():
+            for task in tasks:
+                yield _convert_one(task)
+        return
+    context = _pool_context()
+    queue = deque(tasks)
+    while queue:
+        suspects = yield from _run_pool(queue, workers, context)
+        for task in suspects:
+            yield _run_alone(task, context)
 
 
 def _sources_of(
@@ -274,8 +375,14 @@ def build_zarr_store(
         sources: Scans to convert (``tapct_data.expand_inputs(...)``, or its ``.scans``);
             names must be unique. The walk-time ``skipped`` of a listing are reported too.
         store: The store folder (created when missing).
-        workers: Processes reading and writing scans (a ``ProcessPoolExecutor`` with the
-            forkserver start method; each worker writes its own arrays). 1 runs in-process.
+        workers: Single-threaded readers (torch and zarr's codecs limited to one thread
+            each), so ``workers`` is the number of cores used: 1 converts in this process;
+            more run a ``ProcessPoolExecutor`` (forkserver start method; each worker writes
+            its own arrays). A worker that dies (the OOM killer, a segfaulting decoder)
+            does not stop the build: the scans in flight are retried one at a time in a
+            process of their own and the one that kills its reader is skipped with the
+            reason "the reader process died (signal 9, e.g. out of memory)". With
+            ``workers=1`` such a crash ends this process (the store stays resumable).
         on_error: ``"skip"``: record a bad source in ``skipped.jsonl`` and continue.
             ``"stop"``: raise the first bad source's error (a walk-time skip of a listing
             counts, raised before anything is read); scans committed before it stay

@@ -130,6 +130,10 @@ class DataConfig:
             default the paper's values; ``tapct fingerprint`` computes a dataset's own,
             ``tapct pretrain --intensity-stats`` reads them). The exported model records
             them in its ``config.json``.
+        include: Glob patterns; only matching files of ``sources`` are read
+            (``tapct_data.expand_inputs``, ``--include``).
+        exclude: Glob patterns; matching files are left out (``--exclude``, e.g.
+            ``segmentations/*``).
     """
 
     sources: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
@@ -144,6 +148,8 @@ class DataConfig:
         default=(48, 96, 96), converter=_int_triple, validator=_positive
     )
     normalize: NormalizeConfig = attrs.field(factory=NormalizeConfig)
+    include: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    exclude: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
 
 
 @attrs.frozen
