@@ -203,16 +203,8 @@ def build_augmentation(config: PretrainConfig) -> MultiCropAugmentation:
     """
     from tapct_data import MultiCropAugmentation
 
-    c = config.crops
     try:
-        return MultiCropAugmentation(
-            global_crops_size=c.global_crops_size,
-            local_crops_size=c.local_crops_size,
-            local_crops_number=c.local_crops_number,
-            global_crops_scale=c.global_crops_scale,
-            local_crops_scale=c.local_crops_scale,
-            **c.extra,
-        )
+        return MultiCropAugmentation(config.crops)
     except (TypeError, ValueError) as exc:
         raise UserError(f"config section 'crops': {exc}") from exc
 
@@ -234,15 +226,14 @@ class WorkerCollate:
     """
 
     def __init__(self, config: PretrainConfig, patch_size: tuple[int, int, int]) -> None:
-        from tapct_data import MaskingConfig, MaskingGenerator3d
+        from tapct_data import MaskingGenerator3d
 
         _check_crop_sizes(config, patch_size)
-        m = config.masking
         self.augmentation = build_augmentation(config)
         (gd, gh, gw), (pd, ph, pw) = config.crops.global_crops_size, patch_size
-        self.mask_generator = MaskingGenerator3d(input_size=(gd // pd, gh // ph, gw // pw),
-                                                 **m.extra)  # fmt: skip
-        self.masking = MaskingConfig(mask_probability=m.mask_probability, mask_ratio=m.mask_ratio)
+        grid = (gd // pd, gh // ph, gw // pw)
+        self.mask_generator = MaskingGenerator3d.from_config(grid, config.masking)
+        self.masking = config.masking
         self.seed = config.seed
 
     def __call__(self, samples: Sequence[tuple[int, torch.Tensor]]) -> LoaderBatch:

@@ -7,8 +7,9 @@ The library components keep their own configs: the ``optim`` section is passed t
 ``tapct_ssl.OptimConfig`` (lr 0.0035 at batch 1024 with the sqrt rule, weight decay
 0.04 -> 0.4, teacher momentum 0.992 -> 1.0, teacher temperature 0.04 -> 0.07, warm-ups,
 clipping 3.0, layer-wise decay 0.9), the ``objective`` section to
-``tapct_ssl.DINOv2ObjectiveConfig`` (loss weights, head sizes, centering), and
-``crops.extra`` / ``masking.extra`` to ``tapct_data``. So every option of the libraries
+``tapct_ssl.DINOv2ObjectiveConfig`` (loss weights, head sizes, centering), and the
+``crops`` / ``masking`` sections are ``tapct_data.MultiCropConfig`` /
+``tapct_data.MaskingConfig`` themselves (nested, no raw dicts). So every option of the libraries
 is reachable from a YAML file, and the paper's defaults live in one place.
 
 The batch size is per device and per micro-batch; the global batch is
@@ -22,13 +23,13 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+from tapct_data.masking import MaskingConfig
+from tapct_data.multicrop import MultiCropConfig
 from tapct_data.normalize import NormalizeConfig
 
 __all__ = [
     "CheckpointConfig",
-    "CropConfig",
     "DataConfig",
-    "MaskConfig",
     "ModelConfig",
     "PretrainConfig",
     "TrainConfig",
@@ -60,11 +61,6 @@ def _int_triple(value: Any) -> tuple[int, int, int]:
     return a, b, c
 
 
-def _float_pair(value: Any) -> tuple[float, float]:
-    a, b = _tuple_of(float, value, 2)
-    return a, b
-
-
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if isinstance(value, tuple):
         if any(v <= 0 for v in value):
@@ -76,11 +72,6 @@ def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
 def _fraction(instance: Any, attribute: attrs.Attribute, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{attribute.name} must lie in [0, 1], got {value!r}")
-
-
-def _ordered_pair(instance: Any, attribute: attrs.Attribute, value: tuple) -> None:
-    if value[0] > value[1]:
-        raise ValueError(f"{attribute.name} must be (min, max) with min <= max, got {value!r}")
 
 
 @attrs.frozen
@@ -150,54 +141,6 @@ class DataConfig:
     normalize: NormalizeConfig = attrs.field(factory=NormalizeConfig)
     include: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     exclude: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
-
-
-@attrs.frozen
-class CropConfig:
-    """Multi-crop parameters (paper section 3.1, Table 7).
-
-    Attributes:
-        global_crops_size: ``(d, H, W)`` of the 2 global crops, voxels.
-        local_crops_size: ``(d, h, w)`` of the local crops; the same depth as the global
-            crops (Appendix D).
-        local_crops_number: Number of local crops per sample.
-        global_crops_scale: Area fraction range of the global crops in the axial plane.
-        local_crops_scale: Area fraction range of the local crops.
-        extra: Further keyword arguments for ``tapct_data.MultiCropAugmentation``
-            (gamma, blur probabilities, ...).
-    """
-
-    global_crops_size: tuple[int, int, int] = attrs.field(
-        default=(12, 224, 224), converter=_int_triple, validator=_positive
-    )
-    local_crops_size: tuple[int, int, int] = attrs.field(
-        default=(12, 96, 96), converter=_int_triple, validator=_positive
-    )
-    local_crops_number: int = attrs.field(default=8, validator=attrs.validators.ge(0))
-    global_crops_scale: tuple[float, float] = attrs.field(
-        default=(0.32, 1.0), converter=_float_pair, validator=[_positive, _ordered_pair]
-    )
-    local_crops_scale: tuple[float, float] = attrs.field(
-        default=(0.05, 0.32), converter=_float_pair, validator=[_positive, _ordered_pair]
-    )
-    extra: dict = attrs.field(factory=dict, converter=dict)
-
-
-@attrs.frozen
-class MaskConfig:
-    """iBOT masking (Table 7: probability 0.5, ratio (0.1, 0.5)).
-
-    Attributes:
-        mask_probability: Fraction of global crops that get a mask.
-        mask_ratio: ``(min, max)`` fraction of patches masked in a masked crop.
-        extra: Further keyword arguments for ``tapct_data.MaskingGenerator3d``.
-    """
-
-    mask_probability: float = attrs.field(default=0.5, validator=_fraction)
-    mask_ratio: tuple[float, float] = attrs.field(
-        default=(0.1, 0.5), converter=_float_pair, validator=_ordered_pair
-    )
-    extra: dict = attrs.field(factory=dict, converter=dict)
 
 
 @attrs.frozen
@@ -275,8 +218,8 @@ class PretrainConfig:
 
     model: ModelConfig = attrs.field(factory=ModelConfig)
     data: DataConfig = attrs.field(factory=DataConfig)
-    crops: CropConfig = attrs.field(factory=CropConfig)
-    masking: MaskConfig = attrs.field(factory=MaskConfig)
+    crops: MultiCropConfig = attrs.field(factory=MultiCropConfig)
+    masking: MaskingConfig = attrs.field(factory=MaskingConfig)
     train: TrainConfig = attrs.field(factory=TrainConfig)
     optim: dict = attrs.field(factory=dict, converter=dict)
     objective: dict = attrs.field(factory=dict, converter=dict)
