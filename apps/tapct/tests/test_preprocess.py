@@ -113,3 +113,23 @@ def test_exclude_leaves_out_label_folders_and_a_label_map_is_skipped(shared_data
     (row,) = [json.loads(line) for line in (store2 / "skipped.jsonl").read_text().splitlines()]
     assert row["path"] == str(label)
     assert "label map" in row["reason"], row
+
+
+def test_progress_lines_and_paths_printed_literally(tmp_path, capsys):
+    from tapct_app.train.data import write_demo_phantoms
+
+    root = tmp_path / "out[ct]" / "[/b]"  # rich markup would eat "[ct]" and "[/b]"
+    write_demo_phantoms(root, 2, (8, 24, 24), seed=0)
+    store = tmp_path / "out[ct]" / "s[/b].zarr"
+    assert main(["preprocess", str(root), "-o", str(store), "--workers", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    # Not a terminal: plain progress lines (the first scan, then every ~5 %), then the summary.
+    assert lines[0].startswith("preprocess: 1/2 scans (50%), ") and "scans/s, eta " in lines[0]
+    assert lines[1].startswith("preprocess: 2/2 scans (100%), ")
+    assert lines[-1] == f"2 scans written, 0 skipped (see {store / 'skipped.jsonl'})"
+    assert main(["preprocess", str(root), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert str(root / "phantom-000.nii.gz") in out and "2 scans, 0 skipped" in out
+    stats = tmp_path / "out[ct]" / "[b]stats.json"
+    assert main(["fingerprint", str(root), "-o", str(stats), "--workers", "1"]) == 0
+    assert f"wrote {stats} " in capsys.readouterr().out

@@ -46,8 +46,10 @@ def preprocess_command(
     The inputs are expanded with ``tapct_data.expand_inputs`` (files, folders walked
     recursively, DICOM series, list files). The store is resumable: rerunning the same
     command skips the scans already in it, a scan is in it completely or not at all (also
-    after ``kill -9``), and bad scans are listed in ``STORE/skipped.jsonl``. Ends with
-    ``N scans written, M skipped (see STORE/skipped.jsonl)``.
+    after ``kill -9``), and bad scans are listed in ``STORE/skipped.jsonl``. Progress:
+    a bar with scans/s and ETA on a terminal, a plain line per ~5 % of the scans
+    otherwise (``tapct_app.progress.ScanProgress``). Ends with ``N scans written, M
+    skipped (see STORE/skipped.jsonl)``. User paths are printed literally (no markup).
 
     Args:
         inputs: Scan files, folders or list files.
@@ -96,14 +98,18 @@ def preprocess_command(
         raise UserError("--output STORE is required (or use --dry-run)")
     if list_file is not None:
         raise UserError("--list-file goes with --dry-run; give the list file as an input")
-    report = build_store(
-        inputs,
-        output,
-        on_error=on_error,
-        workers=workers,
-        shard=parse_shard(shard),
-        listing=listing,
-    )
+    from tapct_app.progress import ScanProgress
+
+    with ScanProgress(console, "preprocess") as progress:
+        report = build_store(
+            inputs,
+            output,
+            on_error=on_error,
+            workers=workers,
+            shard=parse_shard(shard),
+            progress=progress,
+            listing=listing,
+        )
     console.print(store_summary(report), markup=False, highlight=False, soft_wrap=True)
     return report
 
@@ -200,11 +206,18 @@ def fingerprint_command(
         f"{tuple(round(v, 3) for v in fp.spacing['median'])} mm, median shape "
         f"{tuple(int(v) for v in fp.shape['median'])}",
         markup=False,
+        soft_wrap=True,
     )
-    if fp.skipped:
+    if fp.skipped:  # user paths: escaped, never read as markup
         first = escape(fp.skipped[0].reason)
-        console.print(f"[yellow]{len(fp.skipped)} scan(s) skipped[/] (first: {first})")
+        console.print(
+            f"[yellow]{len(fp.skipped)} scan(s) skipped[/] (first: {first})", soft_wrap=True
+        )
     if output is not None:
         fp.save_json(output)
-        console.print(f"wrote {escape(str(output))} (use: tapct pretrain --intensity-stats)")
+        console.print(
+            f"wrote {output} (use: tapct pretrain --intensity-stats)",
+            markup=False,
+            soft_wrap=True,
+        )
     return fp

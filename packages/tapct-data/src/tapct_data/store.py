@@ -228,11 +228,15 @@ def _init_worker() -> None:
     zarr.config.set({"threading.max_workers": 1})
 
 
+_PRELOAD = ("tapct_data.store", "tapct_data.io", "tapct_data._dicom", "tapct_data._itk")
+
+
 def _pool_context() -> Any:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["tapct_data.store"])  # imported once, not per worker
+    # Imported once in the fork server, not per worker: torch, zarr and every reader.
+    context.set_forkserver_preload(list(_PRELOAD))
     return context
 
 
