@@ -133,3 +133,19 @@ def test_progress_lines_and_paths_printed_literally(tmp_path, capsys):
     stats = tmp_path / "out[ct]" / "[b]stats.json"
     assert main(["fingerprint", str(root), "-o", str(stats), "--workers", "1"]) == 0
     assert f"wrote {stats} " in capsys.readouterr().out
+
+
+def test_pretrain_data_honours_include_and_exclude(shared_data, tmp_path):
+    """``pretrain --exclude`` reaches the cache build: the label folder is never read."""
+    from tapct_app.train.data import prepare_stores
+    from tapct_data import ZarrVolumeStore
+
+    _totalsegmentator_like(shared_data, tmp_path / "ts")
+    cache = tmp_path / "cache"
+    (store,) = prepare_stores([tmp_path / "ts"], cache, workers=1, exclude=("segmentations/*",))
+    assert ZarrVolumeStore(store).names == ["s0001_ct"]
+    assert (store / "skipped.jsonl").read_text() == ""  # the label map was not even tried
+    (other,) = prepare_stores([tmp_path / "ts"], cache, workers=1)
+    assert other != store  # another selection, another cache
+    (row,) = [json.loads(line) for line in (other / "skipped.jsonl").read_text().splitlines()]
+    assert "label map" in row["reason"]

@@ -308,10 +308,19 @@ def build_data(
     if dist.is_main:
         if console is not None and not all(is_zarr_store(s) for s in sources):
             console.print(f"[dim]preparing the zarr store cache for {len(sources)} source(s)[/]")
-        store = prepare_stores(sources, cache, on_error=config.data.on_error, console=console)
+        store = prepare_stores(
+            sources,
+            cache,
+            on_error=config.data.on_error,
+            console=console,
+            include=config.data.include,
+            exclude=config.data.exclude,
+        )
     barrier()
     if not dist.is_main:  # the main process has built the cache
-        store = prepare_stores(sources, cache, convert=False)
+        store = prepare_stores(
+            sources, cache, convert=False, include=config.data.include, exclude=config.data.exclude
+        )
     dataset = PretrainSlabDataset(
         store,
         slab_depth=config.data.slab_depth,

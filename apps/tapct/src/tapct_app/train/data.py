@@ -96,6 +96,8 @@ def prepare_stores(
     progress: Callable[..., Any] | None = None,
     console: Any = None,
     convert: bool = True,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> list[Path]:
     """Return the zarr stores holding ``sources``, converting scans into a cached store.
 
@@ -103,7 +105,8 @@ def prepare_stores(
     the rest. Every other source (scan files, folders, list files) is expanded with
     ``tapct_data.expand_inputs`` and converted with ``tapct_data.build_zarr_store``
     (skip-and-report, ``workers`` processes) into ``cache_dir/scans-<hash>.zarr``, where
-    the hash is of the resolved source paths, so a rerun reuses (and resumes) the cache.
+    the hash is of the resolved source paths and the include/exclude patterns, so a rerun
+    reuses (and resumes) the cache.
 
     Args:
         sources: Stores, folders of stores, scan files, folders or list files.
@@ -114,6 +117,8 @@ def prepare_stores(
         progress: Passed to ``build_zarr_store``.
         console: A rich console for the one-line conversion summary, or None.
         convert: False only returns the paths (other ranks, once the main one converted).
+        include: Glob patterns a scan must match (``tapct_data.expand_inputs``).
+        exclude: Glob patterns that leave a scan out.
 
     Returns:
         The store paths (at least one).
@@ -139,12 +144,20 @@ def prepare_stores(
             scans.append(p)
     if scans:
         resolved = sorted(str(p.resolve()) for p in scans)
-        key = hashlib.sha1(json.dumps(resolved).encode()).hexdigest()[:10]
+        patterns = {"include": list(include), "exclude": list(exclude)}
+        keyed: Any = resolved if not (include or exclude) else [resolved, patterns]
+        key = hashlib.sha1(json.dumps(keyed).encode()).hexdigest()[:10]
         store = cache_dir / f"scans-{key}.zarr"
         if convert:
             cache_dir.mkdir(parents=True, exist_ok=True)
             report = build_store(
-                scans, store, on_error=on_error, workers=workers, progress=progress
+                scans,
+                store,
+                on_error=on_error,
+                workers=workers,
+                progress=progress,
+                include=include,
+                exclude=exclude,
             )
             if console is not None:
                 console.print(store_summary(report), markup=False, highlight=False, soft_wrap=True)
@@ -161,6 +174,8 @@ def build_store(
     shard: tuple[int, int] | None = None,
     progress: Callable[..., Any] | None = None,
     listing: Any = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> Any:
     """Expand ``inputs`` and convert them into ``store``; a user error if nothing was read.
 
@@ -173,6 +188,8 @@ def build_store(
         shard: ``(k, n)`` or None.
         progress: Passed to ``build_zarr_store``.
         listing: An already expanded ``tapct_data.InputListing``.
+        include: Glob patterns a scan must match (ignored with ``listing``).
+        exclude: Glob patterns that leave a scan out (ignored with ``listing``).
 
     Returns:
         The ``tapct_data.StoreReport``.
@@ -187,7 +204,7 @@ def build_store(
         raise UserError(f"--on-error {on_error!r}: expected skip or stop")
     if listing is None:
         with user_errors_from(inputs[0] if len(inputs) == 1 else "inputs"):
-            listing = expand_inputs(inputs)
+            listing = expand_inputs(inputs, include=include, exclude=exclude)
     from tapct_app.preprocess import default_workers
 
     n_workers = workers if workers is not None else default_workers()
