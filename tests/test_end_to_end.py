@@ -79,7 +79,7 @@ def test_segmentation_benchmark_between_the_labelled_scans(trained, shared_data,
     ("relpath", "needle"),
     [
         ("robustness/dicom_truncated_pixels.dcm", "corrupt or truncated pixel data"),
-        ("robustness/dicom_no_file_meta.dcm", "no DICOM preamble"),
+        ("robustness/dicom_no_file_meta.dcm", "cannot parse DICOM header"),
         ("robustness/dicom_same_position", "duplicate slice positions"),
         ("robustness/dicom_missing_slice", "uneven slice steps"),
         ("robustness/dicom_two_slabs_gap", "uneven slice steps"),
