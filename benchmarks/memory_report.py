@@ -29,7 +29,7 @@ def _crop(text: str) -> tuple[int, tuple[int, int, int]]:
 
 
 def main() -> None:
-    """Print GiB per sample without checkpointing, every other block and every block."""
+    """Print GiB per sample without checkpointing and checkpointing every N-th block."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="tap_b_3d")
     parser.add_argument("--global", dest="global_", type=_crop, default=_crop("2x12x224x224"))
@@ -44,6 +44,13 @@ def main() -> None:
     )
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--batch-sizes", type=int, nargs=2, default=(10, 20))
+    parser.add_argument(
+        "--every",
+        type=int,
+        nargs="+",
+        default=(4, 2, 1),
+        help="checkpoint every N-th block (blocks 0, N, 2N, ...), one report per N",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     model = create_model(args.preset, drop_path_rate=args.drop_path)
@@ -53,11 +60,9 @@ def main() -> None:
         f"{args.preset}: crops {crops}, {args.dtype}, drop path {args.drop_path}, "
         f"mask ratio {args.mask_ratio}, batch sizes {tuple(args.batch_sizes)}"
     )
-    for label, enable, every in (
-        ("no checkpointing", False, 1),
-        ("checkpoint every 2nd block", True, 2),
-        ("checkpoint every block", True, 1),
-    ):
+    settings = [("no checkpointing", False, 1)]
+    settings += [(f"checkpoint every {n}. block", True, n) for n in args.every]
+    for label, enable, every in settings:
         model.set_grad_checkpointing(enable, every=every)
         per_sample = activation_bytes_per_sample(
             model,

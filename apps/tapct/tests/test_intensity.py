@@ -7,7 +7,6 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-import tapct_data
 import torch
 from safetensors.torch import load_file
 from tapct_app.cli import main
@@ -52,15 +51,17 @@ def test_intensity_stats_flow_into_the_dataset_and_the_exported_model(
         resolve_pretrain_config("demo", [str(phantom_store)], intensity_stats=bad)
 
     seen = []
-    original = tapct_data.PretrainSlabDataset
+    original = NormalizeConfig.apply
 
-    def recording(*args, **kwargs):
-        seen.append(kwargs.get("normalize"))
-        return original(*args, **kwargs)
+    def recording(self, x):
+        seen.append((self, x.dtype))
+        return original(self, x)
 
-    monkeypatch.setattr(tapct_data, "PretrainSlabDataset", recording)
+    # The loader ships int16 HU; the step normalises on the device with the run's stats.
+    monkeypatch.setattr(NormalizeConfig, "apply", recording)
     result = run_pretraining(cfg, tmp_path / "run", progress=False)
-    assert [n.config for n in seen] == [CUSTOM]  # the dataset normalises with them
+    assert seen and {config for config, _ in seen} == {CUSTOM}
+    assert {dtype for _, dtype in seen} == {torch.int16}
     assert read_model_metadata(result.model_dir) == {"normalize": CUSTOM.to_dict()}
     assert model_normalize(str(result.model_dir)) == CUSTOM
 

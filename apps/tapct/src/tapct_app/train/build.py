@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
+from tapct_data.normalize import NormalizeConfig
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -144,7 +145,8 @@ class LoaderBatch:
     device only applies them (no host sync).
 
     Attributes:
-        slabs: ``(B, 1, S, H0, W0)`` float32, normalised.
+        slabs: ``(B, 1, S, H0, W0)`` int16 HU as stored (normalised on the device by
+            the step).
         params: ``tapct_data.MultiCropParams`` drawn for these slabs.
         masks: ``(2B, N)`` bool iBOT masks of the global crops.
         mask_index: ``tapct_ssl.ibot_mask_indices(masks)``.
@@ -295,7 +297,7 @@ def build_data(
         UserError: If a source is missing, or a scan cannot be converted with
             ``data.on_error: stop``.
     """
-    from tapct_data import ClipNormalize, PretrainSlabDataset, is_zarr_store
+    from tapct_data import PretrainSlabDataset, is_zarr_store
 
     cache = output / "cache"
     sources: list[str] = list(config.data.sources)
@@ -321,11 +323,15 @@ def build_data(
         store = prepare_stores(
             sources, cache, convert=False, include=config.data.include, exclude=config.data.exclude
         )
+    # int16 HU slabs as stored (resized on the CPU only when a scan's in-plane size is
+    # not data.in_plane_size): the clip/normalise runs on the training device in the step
+    # (TrainParts.normalize) and the in-plane resample is fused into the crops, so the
+    # loader's CPU cost per sample is the read and decode (benchmarks/bench_ingest.py).
     dataset = PretrainSlabDataset(
         store,
         slab_depth=config.data.slab_depth,
         in_plane_size=config.data.in_plane_size,
-        normalize=ClipNormalize(config.data.normalize),
+        normalize=None,
         seed=config.seed,
     )
     return dataset, store
@@ -380,6 +386,8 @@ class TrainParts:
         precision: ``auto``, ``bf16`` or ``fp32`` (autocast policy).
         clip_grad: Gradient-norm clip per student part (<= 0: none).
         seed: The run seed (micro-batch seeds derive from it).
+        normalize: ``tapct_data.NormalizeConfig`` the step applies to the loader's int16
+            HU slabs on the device (clip, then z-normalise) before the crops.
     """
 
     objective: DINOv2Objective
@@ -392,6 +400,7 @@ class TrainParts:
     precision: str
     clip_grad: float
     seed: int
+    normalize: NormalizeConfig = attrs.field(factory=NormalizeConfig)
 
     @property
     def ddp(self) -> torch.nn.parallel.DistributedDataParallel | None:
@@ -446,6 +455,7 @@ def build_parts(config: PretrainConfig, dist: DistInfo) -> TrainParts:
         precision=config.precision,
         clip_grad=float(optim_config.clip_grad),
         seed=config.seed,
+        normalize=config.data.normalize,
     )
 
 

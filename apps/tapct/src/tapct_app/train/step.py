@@ -129,7 +129,8 @@ def train_step(
     sums: torch.Tensor | None = None
     for a, mb in enumerate(micro_batches):
         with phase("augment"):
-            crops = parts.augmentation.apply(mb.slabs, mb.params)
+            slabs = parts.normalize.apply(mb.slabs)  # int16 HU -> clipped z-scores
+            crops = parts.augmentation.apply(slabs, mb.params)
         torch.manual_seed(derive_seed(mb.seed, "model"))  # drop path
         sync = ddp.no_sync() if ddp is not None and a < accum - 1 else contextlib.nullcontext()
         with sync:
