@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import torch
 import torch.nn.functional as F
 
 from ._random import uniform
-from ._transform import BatchedRandomTransform
+from ._transform import BatchedRandomTransform, IntensityParamsTransform
 
 __all__ = [
+    "AdjustGamma",
     "BlurParams",
     "GammaParams",
+    "GaussianBlur2d",
     "RandomGamma",
     "RandomGaussianBlur",
     "adjust_gamma",
@@ -153,11 +156,17 @@ class RandomGamma(BatchedRandomTransform):
     to [0, 1] with ``value_range`` or the per-sample min/max, power, map back), so negative
     HU or z-scores never give NaN.
 
+    On a ``tio.Subject`` one gamma is drawn and applied to every selected scalar image
+    (each its own "sample" for the min/max); label maps are never touched. The history
+    records the deterministic `AdjustGamma` (gamma 1.0 when not applied); like TorchIO's
+    ``Gamma`` it is not invertible.
+
     Args:
         log_gamma: Range of ``log(gamma)``.
         p: Probability of applying it to a sample.
         value_range: ``(lo, hi)`` or None (per-sample min/max).
         seed: Seed or generator of the TorchIO path.
+        **kwargs: ``tio.Transform`` keywords (``include``, ``exclude``, ``copy``, ...).
 
     Raises:
         ValueError: ``p`` outside [0, 1] or an empty range.
@@ -169,6 +178,7 @@ class RandomGamma(BatchedRandomTransform):
         p: float = 0.8,
         value_range: Sequence[float] | None = None,
         seed: int | torch.Generator | None = None,
+        **kwargs: Any,
     ) -> None:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be in [0, 1], got {p}")
@@ -176,7 +186,7 @@ class RandomGamma(BatchedRandomTransform):
             raise ValueError(f"log_gamma must be (min, max), got {log_gamma}")
         if value_range is not None and not value_range[0] < value_range[1]:
             raise ValueError(f"value_range must be (lo, hi) with lo < hi, got {value_range}")
-        super().__init__(seed)
+        super().__init__(seed, **kwargs)
         self.log_gamma = (float(log_gamma[0]), float(log_gamma[1]))
         self.p = float(p)
         self.value_range = (
@@ -200,6 +210,47 @@ class RandomGamma(BatchedRandomTransform):
         """Deterministic gamma; see `adjust_gamma`."""
         return adjust_gamma(x, params.effective(), self.value_range)
 
+    def fixed(self, params: GammaParams, in_shape: tuple[int, int, int]) -> AdjustGamma:
+        """The deterministic `AdjustGamma` of row 0 (``in_shape`` is not used)."""
+        gamma = float(params.effective()[0])
+        return AdjustGamma(gamma, self.value_range, **self._base_kwargs())
+
+
+class AdjustGamma(IntensityParamsTransform):
+    """Deterministic gamma on the scalar images of a ``tio.Subject`` (`adjust_gamma`).
+
+    What `RandomGamma` records in ``subject.history`` (as TorchIO's ``RandomGamma`` records
+    ``Gamma``); not invertible, as TorchIO's ``Gamma``.
+
+    Args:
+        gamma: The exponent (> 0; 1.0 is the identity, up to clamping into
+            ``value_range``).
+        value_range: ``(lo, hi)`` or None (each image's min/max).
+        **kwargs: ``tio.Transform`` keywords (``include``, ``exclude``, ``copy``, ...).
+
+    Raises:
+        ValueError: ``gamma <= 0``.
+    """
+
+    def __init__(
+        self, gamma: float, value_range: Sequence[float] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        if not float(gamma) > 0:
+            raise ValueError(f"gamma must be positive, got {gamma}")
+        self.gamma = float(gamma)
+        self.value_range = None if value_range is None else tuple(float(v) for v in value_range)
+        self.args_names = ["gamma", "value_range"]
+
+    def random(self) -> RandomGamma:
+        return RandomGamma(value_range=self.value_range)
+
+    def params(self) -> GammaParams:
+        return GammaParams(
+            gamma=torch.tensor([self.gamma], dtype=torch.float64),
+            applied=torch.tensor([True]),
+        )
+
 
 class RandomGaussianBlur(BatchedRandomTransform):
     """Random in-plane Gaussian blur, applied with probability ``p`` per sample.
@@ -209,10 +260,16 @@ class RandomGaussianBlur(BatchedRandomTransform):
     ``RandomApply`` (the inverted probability of its PR #411); this class does not copy
     that: ``p=1.0`` always blurs, ``p=0.1`` blurs one sample in ten.
 
+    On a ``tio.Subject`` one sigma is drawn and every selected scalar image is blurred in
+    its axial plane (found from its affine, whatever its storage orientation); label maps
+    are never touched. The history records the deterministic `GaussianBlur2d` (sigma 0.0
+    when not applied); like TorchIO's ``Blur`` it is not invertible.
+
     Args:
         sigma: Range of the standard deviation in voxels.
         p: Probability of blurring a sample.
         seed: Seed or generator of the TorchIO path.
+        **kwargs: ``tio.Transform`` keywords (``include``, ``exclude``, ``copy``, ...).
 
     Raises:
         ValueError: ``p`` outside [0, 1] or invalid sigma range.
@@ -223,12 +280,13 @@ class RandomGaussianBlur(BatchedRandomTransform):
         sigma: Sequence[float] = (0.1, 2.0),
         p: float = 0.5,
         seed: int | torch.Generator | None = None,
+        **kwargs: Any,
     ) -> None:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be in [0, 1], got {p}")
         if not 0.0 < sigma[0] <= sigma[1]:
             raise ValueError(f"sigma must satisfy 0 < min <= max, got {sigma}")
-        super().__init__(seed)
+        super().__init__(seed, **kwargs)
         self.sigma = (float(sigma[0]), float(sigma[1]))
         self.p = float(p)
         self.args_names = ["sigma", "p"]
@@ -248,3 +306,45 @@ class RandomGaussianBlur(BatchedRandomTransform):
     def apply(self, x: torch.Tensor, params: BlurParams) -> torch.Tensor:
         """Deterministic blur; see `gaussian_blur2d` (kernel length from ``sigma[1]``)."""
         return gaussian_blur2d(x, params.effective().to(x.device), max_sigma=self.sigma[1])
+
+    def fixed(self, params: BlurParams, in_shape: tuple[int, int, int]) -> GaussianBlur2d:
+        """The deterministic `GaussianBlur2d` of row 0 (``in_shape`` is not used)."""
+        return GaussianBlur2d(float(params.effective()[0]), **self._base_kwargs())
+
+
+class GaussianBlur2d(IntensityParamsTransform):
+    """Deterministic in-plane Gaussian blur of the scalar images of a ``tio.Subject``.
+
+    What `RandomGaussianBlur` records in ``subject.history``; each axial slice (found from
+    the image's affine) is blurred with `gaussian_blur2d`. Not invertible, as TorchIO's
+    ``Blur``.
+
+    Args:
+        sigma: Standard deviation in voxels (0.0: identity).
+        **kwargs: ``tio.Transform`` keywords (``include``, ``exclude``, ``copy``, ...).
+
+    Raises:
+        ValueError: ``sigma < 0``.
+    """
+
+    def __init__(self, sigma: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not float(sigma) >= 0:
+            raise ValueError(f"sigma must be >= 0, got {sigma}")
+        self.sigma = float(sigma)
+        self.args_names = ["sigma"]
+
+    def random(self) -> RandomGaussianBlur:
+        return _FixedBlur(self.sigma)
+
+    def params(self) -> BlurParams:
+        return BlurParams(
+            sigma=torch.tensor([self.sigma], dtype=torch.float64), applied=torch.tensor([True])
+        )
+
+
+class _FixedBlur(RandomGaussianBlur):
+    """A `RandomGaussianBlur` whose kernel length fits one known sigma (0 allowed)."""
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__(sigma=(max(sigma, 1e-12), max(sigma, 1e-12)), p=1.0)

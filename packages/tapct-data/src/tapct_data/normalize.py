@@ -144,8 +144,13 @@ class ClipNormalize(tio.IntensityTransform):
 
     Args:
         config: The statistics; default :class:`NormalizeConfig` (the paper's values).
-        **fields: ``lower``, ``upper``, ``mean``, ``std`` replacing the config's values
-            (the keywords of earlier versions, and what TorchIO uses to rebuild it).
+        lower, upper, mean, std: Replace the config's values (the keywords of earlier
+            versions, and what TorchIO's history uses to rebuild it).
+        **kwargs: ``tio.Transform`` keywords (``include``, ``exclude``, ``copy``, ...).
+
+    Not invertible in TorchIO's sense (the clip loses values; TorchIO's intensity
+    normalisations are not invertible either): ``subject.apply_inverse_transform()`` warns
+    and skips it; `denormalize` maps values back to clipped HU.
 
     Raises:
         ValueError: Invalid statistics (see :class:`NormalizeConfig`).
@@ -157,14 +162,25 @@ class ClipNormalize(tio.IntensityTransform):
     # ``args_names`` (torchio's history) and callers read ``.mean``.
     mean: float  # type: ignore[assignment]
 
-    def __init__(self, config: NormalizeConfig | None = None, **fields: float) -> None:
+    def __init__(
+        self,
+        config: NormalizeConfig | None = None,
+        *,
+        lower: float | None = None,
+        upper: float | None = None,
+        mean: float | None = None,
+        std: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         if config is not None and not isinstance(config, NormalizeConfig):
             raise TypeError(f"config must be a NormalizeConfig, got {type(config).__name__}")
-        unknown = sorted(set(fields) - set(_FIELDS))
-        if unknown:
-            raise TypeError(f"ClipNormalize: unknown keyword(s) {', '.join(unknown)}")
+        given = {"lower": lower, "upper": upper, "mean": mean, "std": std}
+        fields = {k: v for k, v in given.items() if v is not None}
         config = attrs.evolve(config or NormalizeConfig(), **fields)
-        super().__init__()
+        try:
+            super().__init__(**kwargs)
+        except TypeError as exc:
+            raise TypeError(f"ClipNormalize: unknown keyword(s) ({exc})") from None
         self.config = config
         self.lower, self.upper, self.mean, self.std = (
             config.lower,
