@@ -138,9 +138,7 @@ def from_canonical(
     from nibabel.orientations import ornt_transform
 
     lps = x.permute(0, 3, 2, 1)
-    out, affine = _reorient(
-        lps, affine_dhw[:, [2, 1, 0, 3]], ornt_transform(_TARGET, orientation)
-    )
+    out, affine = _reorient(lps, affine_dhw[:, [2, 1, 0, 3]], ornt_transform(_TARGET, orientation))
     return out.contiguous(), _RAS_LPS @ affine
 
 
@@ -299,9 +297,7 @@ def apply_params_to_images(transform: ParamsTransform, images: dict[str, Image])
         ValueError: a spatial transform over images on different grids (canonical shape
             or affine), which one set of crop parameters cannot keep aligned.
     """
-    canonical = {
-        name: to_canonical(image.data, image.affine) for name, image in images.items()
-    }
+    canonical = {name: to_canonical(image.data, image.affine) for name, image in images.items()}
     if transform.spatial and len(canonical) > 1:
         (ref, (x0, a0, _)), *others = canonical.items()
         for name, (x, a, _) in others:

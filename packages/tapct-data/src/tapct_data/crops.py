@@ -202,9 +202,11 @@ def nearest_crop3d(
     top, left, box_h, box_w = boxes.unbind(1)  # (N,) voxels
 
     def index(lo: torch.Tensor, length: torch.Tensor, n_out: int, n_in: int) -> torch.Tensor:
-        centre = lo[:, None] + (torch.arange(n_out, device=dev, dtype=torch.float64) + 0.5) * (
-            length / n_out
-        )[:, None]
+        centre = (
+            lo[:, None]
+            + (torch.arange(n_out, device=dev, dtype=torch.float64) + 0.5)
+            * (length / n_out)[:, None]
+        )
         first = lo.round()[:, None]
         last = (lo + length).round()[:, None] - 1
         return torch.minimum(torch.maximum(centre.floor(), first), last).long().clamp(0, n_in - 1)
@@ -251,7 +253,8 @@ def uncrop3d(
     """
     depth, height, width = spatial_shape(in_shape)
     d = crop.shape[2]
-    top, left, box_h, box_w = (int(round(float(v))) for v in params.voxel_boxes((height, width))[0])
+    voxels = params.voxel_boxes((height, width))[0]
+    top, left, box_h, box_w = (round(float(v)) for v in voxels)
     full = CropParams(
         start=torch.zeros(1, dtype=torch.long),
         boxes=torch.tensor([[0.0, 0.0, 1.0, 1.0]], dtype=torch.float64),
