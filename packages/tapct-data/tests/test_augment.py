@@ -10,6 +10,7 @@ import torch
 import torchio as tio
 from tapct_data import (
     MultiCropAugmentation,
+    MultiCrops,
     RandomGamma,
     RandomGaussianBlur,
     RandomResizedCrop3d,
@@ -180,8 +181,9 @@ def test_multicrop_shapes_devices_and_blur_policy():
     assert blurred[b:].mean() < 0.2  # global crop 1: p = 0.1
     assert 0.4 < float(params.local_crops[2].applied.double().mean()) < 0.6
     subject = _subject(x[0])
-    single = aug(subject)
+    single = MultiCrops.from_subject(aug(subject))
     assert single.global_crops.shape == (2, 1, 4, 32, 32)
+    assert single.local_crops.shape == (3, 1, 4, 16, 16)
 
 
 def test_multicrop_subject_equals_batched_for_same_params():
@@ -191,7 +193,7 @@ def test_multicrop_subject_equals_batched_for_same_params():
     x = torch.randn(1, 8, 20, 20)
     params = aug.sample(1, x.shape[1:], _gen(4))
     batched = aug.apply(x[None], params)
-    single = aug(_subject(x), generator=_gen(4))
+    single = MultiCrops.from_subject(aug(_subject(x), generator=_gen(4)))
     for a, b in zip(batched, single, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
 

@@ -151,7 +151,7 @@ def canonical_shape(image: Image) -> tuple[int, int, int]:
     return by_axis[2], by_axis[1], by_axis[0]
 
 
-def _is_label(image: Image) -> bool:
+def is_label(image: Image) -> bool:
     import torchio as tio
 
     return isinstance(image, tio.LabelMap)
@@ -289,28 +289,44 @@ class ParamsTransform(_TorchIOTransform):
         return out, random.new_affine(affine_dhw, params, shape)
 
 
+def check_same_grid(
+    who: str, canonical: dict[str, tuple[torch.Tensor, np.ndarray, np.ndarray]]
+) -> None:
+    """Raise unless every canonical image has the same ``(D, H, W)`` and affine.
+
+    Args:
+        who: The transform's name, for the message.
+        canonical: Image name -> `to_canonical` result.
+
+    Raises:
+        ValueError: naming two images on different grids (one set of crop parameters
+            cannot keep them aligned).
+    """
+    if len(canonical) < 2:
+        return
+    (ref, (x0, a0, _)), *others = canonical.items()
+    for name, (x, a, _) in others:
+        if x.shape[1:] != x0.shape[1:] or not np.allclose(a, a0, rtol=1e-5, atol=1e-3):
+            raise ValueError(
+                f"{who}: images {ref!r} (D, H, W) {tuple(x0.shape[1:])} and {name!r} "
+                f"{tuple(x.shape[1:])} are not on the same voxel grid; resample one onto the "
+                "other first (tio.Resample(target=...)) or select images with include=/exclude="
+            )
+
+
 def apply_params_to_images(transform: ParamsTransform, images: dict[str, Image]) -> None:
     """Apply a `ParamsTransform` to TorchIO images in place, each through the canonical
     layout and back to its own voxel order.
 
     Raises:
-        ValueError: a spatial transform over images on different grids (canonical shape
-            or affine), which one set of crop parameters cannot keep aligned.
+        ValueError: a spatial transform over images on different grids (`check_same_grid`).
     """
     canonical = {name: to_canonical(image.data, image.affine) for name, image in images.items()}
-    if transform.spatial and len(canonical) > 1:
-        (ref, (x0, a0, _)), *others = canonical.items()
-        for name, (x, a, _) in others:
-            if x.shape[1:] != x0.shape[1:] or not np.allclose(a, a0, rtol=1e-5, atol=1e-3):
-                raise ValueError(
-                    f"{transform.name}: images {ref!r} (D, H, W) {tuple(x0.shape[1:])} and "
-                    f"{name!r} {tuple(x.shape[1:])} are not on the same voxel grid; resample "
-                    "one onto the other first (tio.Resample(target=...)) or pass include=/"
-                    "exclude="
-                )
+    if transform.spatial:
+        check_same_grid(transform.name, canonical)
     for name, image in images.items():
         x, affine, orientation = canonical[name]
-        out, new_affine = transform.apply_canonical(x, affine, _is_label(image))
+        out, new_affine = transform.apply_canonical(x, affine, is_label(image))
         data, affine_ras = from_canonical(out, new_affine, orientation)
         image.set_data(data)
         image.affine = affine_ras

@@ -9,14 +9,37 @@ import attrs
 import torch
 
 from ._random import generator_from
-from ._transform import BatchedRandomTransform, cat_params, map_params, spatial_shape
+from ._transform import (
+    BatchedRandomTransform,
+    _TorchIOSpatial,
+    _TorchIOTransform,
+    canonical_shape,
+    cat_params,
+    check_same_grid,
+    from_canonical,
+    is_label,
+    map_params,
+    spatial_shape,
+    to_canonical,
+)
 from .crops import RandomResizedCrop3d
 from .intensity import RandomGamma, RandomGaussianBlur
 
 if TYPE_CHECKING:
     from torchio import Subject
 
-__all__ = ["MultiCropAugmentation", "MultiCropConfig", "MultiCropParams", "MultiCrops"]
+__all__ = [
+    "MultiCropAugmentation",
+    "MultiCropConfig",
+    "MultiCropParams",
+    "MultiCropViews",
+    "MultiCrops",
+]
+
+# Keywords of ``tio.Transform`` (the rest of MultiCropAugmentation's keywords are config fields).
+_TORCHIO_KEYWORDS = frozenset(
+    {"p", "copy", "include", "exclude", "keys", "keep", "parse_input", "label_keys"}
+)
 
 
 def _ints(value: Sequence[int]) -> tuple[int, ...]:
@@ -167,8 +190,35 @@ class MultiCrops(NamedTuple):
     global_crops: torch.Tensor
     local_crops: torch.Tensor
 
+    @classmethod
+    def from_subject(cls, subject: Subject, n_global: int = 2) -> MultiCrops:
+        """The crops of a subject returned by `MultiCropAugmentation`, as tensors.
 
-class MultiCropAugmentation:
+        Args:
+            subject: With scalar images ``global_0``, ``global_1``, ``local_0``, ...
+            n_global: Number of global crops.
+
+        Returns:
+            `MultiCrops` with ``B = 1`` (rows are views) in the canonical ``(C, d, h, w)``
+            layout, whatever the images' storage orientation.
+        """
+
+        def stack(names: list[str]) -> torch.Tensor:
+            return torch.stack([to_canonical(subject[n].data, subject[n].affine)[0] for n in names])
+
+        local = sorted(
+            (k for k in subject.get_images_names() if k.startswith("local_")),
+            key=lambda k: int(k.split("_")[1]),
+        )
+        global_crops = stack([f"global_{i}" for i in range(n_global)])
+        if local:
+            local_crops = stack(local)
+        else:
+            local_crops = global_crops.new_empty((0, *global_crops.shape[1:2], 0, 0, 0))
+        return cls(global_crops=global_crops, local_crops=local_crops)
+
+
+class MultiCropAugmentation(_TorchIOTransform):
     """DINOv2's multi-crop (``dinov2/data/augmentations.py``) for CT volumes.
 
     Each view is a pipeline of sample-then-apply transforms (`view_pipeline`): a
@@ -183,10 +233,25 @@ class MultiCropAugmentation:
     and crop set (the views of a set differ only in their sampling probabilities), with no
     per-sample Python loop and no tensor value read back to the host.
 
+    As a TorchIO transform (e.g. the last step of a ``tio.Compose``) it takes a subject
+    with one selected scalar image (a CT) and returns the subject with that image replaced
+    by the views ``global_0``, ``global_1``, ``local_0``, ... (each in the image's own axis
+    order with its affine); each selected label map ``L`` is cropped with the same boxes
+    (nearest neighbour, no gamma or blur) into ``L_global_0``, ..., ``L_local_0``, ...
+    The history records the deterministic `MultiCropViews` (not invertible: TorchIO warns
+    and skips it). `MultiCrops.from_subject` stacks the views back into tensors.
+
     Args:
         config: `MultiCropConfig`; keyword arguments build (or override) one instead,
             e.g. ``MultiCropAugmentation(local_crops_number=2)``.
         seed: Seed or generator of the TorchIO path.
+        **overrides: `MultiCropConfig` fields, and ``tio.Transform`` keywords
+            (``include``, ``exclude``, ``copy``, ...).
+
+    Raises:
+        TypeError: ``config`` not a `MultiCropConfig`.
+        ValueError: invalid config values; on a subject, not exactly one selected scalar
+            image, or selected images on different voxel grids.
 
     Shapes:
         ``(B, C, S, H0, W0)`` (float or int16, any in-plane size) -> `MultiCrops` of
@@ -205,8 +270,11 @@ class MultiCropAugmentation:
                 f"config must be a MultiCropConfig (keyword arguments for its fields), got "
                 f"{type(config).__name__}"
             )
+        torchio_kwargs = {k: v for k, v in overrides.items() if k in _TORCHIO_KEYWORDS}
+        fields = {k: v for k, v in overrides.items() if k not in _TORCHIO_KEYWORDS}
+        super().__init__(**torchio_kwargs)
         base = config if config is not None else MultiCropConfig()
-        self.config = attrs.evolve(base, **overrides) if overrides else base
+        self.config = attrs.evolve(base, **fields) if fields else base
         cfg = self.config
         self.global_crop = RandomResizedCrop3d(
             cfg.global_crops_size, cfg.global_crops_scale, cfg.ratio, cfg.pad_value
@@ -222,6 +290,7 @@ class MultiCropAugmentation:
             for _ in range(cfg.local_crops_number)
         )
         self._generator = generator_from(seed)
+        self._call_generator: torch.Generator | None = None
 
     def view_pipeline(
         self, crop: RandomResizedCrop3d, blur_p: float
@@ -309,24 +378,129 @@ class MultiCropAugmentation:
             local_crops = global_crops.new_empty((0, slabs.shape[1], *self.config.local_crops_size))
         return MultiCrops(global_crops=global_crops, local_crops=local_crops)
 
-    def __call__(self, x: Any, generator: torch.Generator | None = None) -> MultiCrops:
-        """`sample` then `apply` on a batch, or on a ``tio.Subject`` (CPU path).
+    def __call__(self, x: Any, generator: torch.Generator | None = None) -> Any:  # type: ignore[override]
+        """`sample` then `apply` on a batch; on a ``tio.Subject``, TorchIO's call.
 
-        A subject's first scalar image ``(C, W, H, D)`` is one sample (parameters from
-        ``generator`` or the ``seed`` generator); the result is `MultiCrops` with
-        ``B = 1`` (rows are views) in ``(C, d, h, w)`` axis order, the same numbers the
-        batched path gives for the same parameters.
+        Args:
+            x: ``(B, C, S, H0, W0)`` tensor, or a ``tio.Subject`` (any input TorchIO parses).
+            generator: Generator of the draws (a subject: None = the ``seed`` generator).
+
+        Returns:
+            `MultiCrops` for a tensor; for a subject, the subject with the views (see the
+            class docstring).
+
+        Raises:
+            ValueError: a tensor that is not 5-D.
         """
         if isinstance(x, torch.Tensor):
             if x.ndim != 5:
                 raise ValueError(f"expected x of shape (B, C, S, H0, W0), got {tuple(x.shape)}")
             return self.apply(x, self.sample(x.shape[0], x.shape[2:], generator))
-        if hasattr(x, "get_images"):
-            return self._apply_subject(x, generator)
-        raise TypeError(f"expected a (B, C, S, H0, W0) tensor or tio.Subject, got {type(x)}")
+        self._call_generator = generator
+        try:
+            return super().__call__(x)
+        finally:
+            self._call_generator = None
 
-    def _apply_subject(self, subject: Subject, generator: torch.Generator | None) -> MultiCrops:
-        image = subject.get_images(intensity_only=True)[0]
-        batch = image.data.permute(0, 3, 2, 1)[None]  # (C, W, H, D) -> (1, C, D, H, W)
-        params = self.sample(1, batch.shape[2:], generator or self._generator)
-        return self.apply(batch, params)
+    def apply_transform(self, subject: Subject) -> Subject:
+        images = subject.get_images_dict(
+            intensity_only=False, include=self.include, exclude=self.exclude
+        )
+        scalars = [name for name, image in images.items() if not is_label(image)]
+        if len(scalars) != 1:
+            raise ValueError(
+                f"MultiCropAugmentation crops one scalar image per subject, got "
+                f"{scalars or 'none'}; select it with include=[...] or exclude=[...]"
+            )
+        shape = canonical_shape(images[scalars[0]])
+        params = self.sample(1, shape, self._call_generator or self._generator)
+        fixed = MultiCropViews(
+            attrs.asdict(self.config),
+            params,
+            shape,
+            include=self.include,
+            exclude=self.exclude,
+            copy=self.copy,
+        )
+        subject = fixed.apply_transform(subject)
+        subject.add_transform(fixed, fixed._get_reproducing_arguments())
+        return subject
+
+    def _add_transform_to_subject_history(self, subject: Subject) -> None:
+        """Not recorded: the deterministic `MultiCropViews` it applied is."""
+
+
+class MultiCropViews(_TorchIOSpatial):
+    """Deterministic multi-crop of a ``tio.Subject`` (what `MultiCropAugmentation` records).
+
+    Applies one `MultiCropParams` (``B = 1``) to the selected images through the canonical
+    ``(C, D, H, W)`` layout: the scalar image becomes ``global_0``, ``global_1``,
+    ``local_0``, ... (crop, gamma, blur, as the batched `MultiCropAugmentation.apply`);
+    each label map ``L`` becomes ``L_global_0``, ... (nearest-neighbour crop only). Each
+    view is stored back in its source image's axis order with its own affine. Not
+    invertible (the views replace the image).
+
+    Args:
+        config: `MultiCropConfig` fields as a dict.
+        params: The sampled `MultiCropParams` (``batch_size == 1``).
+        in_shape: Canonical ``(D, H, W)`` the params were drawn on.
+        **kwargs: ``tio.Transform`` keywords (``include``, ``exclude``, ``copy``, ...).
+
+    Raises:
+        ValueError: ``params`` not for one sample; images whose canonical shape is not
+            ``in_shape`` or on different grids.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        params: MultiCropParams,
+        in_shape: Sequence[int],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if params.batch_size != 1:
+            raise ValueError(f"params must be for one sample, got batch_size {params.batch_size}")
+        self.config = dict(config)
+        self.params = params
+        self.in_shape = spatial_shape(in_shape)
+        self.args_names = ["config", "params", "in_shape"]
+
+    def apply_transform(self, subject: Subject) -> Subject:
+        import torchio as tio
+
+        aug = MultiCropAugmentation(MultiCropConfig(**self.config))
+        images = subject.get_images_dict(
+            intensity_only=False, include=self.include, exclude=self.exclude
+        )
+        canonical = {n: to_canonical(im.data, im.affine) for n, im in images.items()}
+        check_same_grid(self.name, canonical)
+        sets = (
+            ("global", aug.global_crop, self.params.global_crops, aug.config.n_global),
+            ("local", aug.local_crop, self.params.local_crops, aug.config.local_crops_number),
+        )
+        for name, image in images.items():
+            x, affine, orientation = canonical[name]
+            if spatial_shape(x.shape) != self.in_shape:
+                raise ValueError(
+                    f"{self.name}: params drawn for (D, H, W) {self.in_shape}, image {name!r} "
+                    f"is {spatial_shape(x.shape)}"
+                )
+            label = is_label(image)
+            crops = None if label else aug.apply(x[None], self.params)
+            subject.remove_image(name)
+            for kind, crop, records, n_views in sets:
+                if n_views == 0:
+                    continue
+                if label:
+                    views = crop.apply_label(x[None], records[0])
+                else:
+                    views = crops.global_crops if kind == "global" else crops.local_crops
+                for v in range(n_views):
+                    row = map_params(records[0], lambda t, v=v: t[v : v + 1])
+                    new_affine = crop.new_affine(affine, row, self.in_shape)
+                    data, affine_ras = from_canonical(views[v], new_affine, orientation)
+                    key = f"{name}_{kind}_{v}" if label else f"{kind}_{v}"
+                    cls = tio.LabelMap if label else tio.ScalarImage
+                    subject.add_image(cls(tensor=data, affine=affine_ras), key)
+        return subject
