@@ -21,7 +21,14 @@ from .collate import (
     collate_data_and_cast,
     collate_slabs,
 )
-from .crops import CropParams, RandomResizedCrop3d, resized_crop3d
+from .crops import (
+    CropParams,
+    RandomResizedCrop3d,
+    ResizedCrop3d,
+    nearest_crop3d,
+    resized_crop3d,
+    uncrop3d,
+)
 from .errors import DicomGeometryWarning, LabelMapError, NotCTError, NotCTWarning
 from .formats import (
     AIR_HU,
@@ -42,15 +49,23 @@ from .inputs import (
     write_listing,
 )
 from .intensity import (
+    AdjustGamma,
     BlurParams,
     GammaParams,
+    GaussianBlur2d,
     RandomGamma,
     RandomGaussianBlur,
     adjust_gamma,
     gaussian_blur2d,
 )
 from .masking import MaskingConfig, MaskingGenerator3d, sample_batch_masks
-from .multicrop import MultiCropAugmentation, MultiCropConfig, MultiCropParams, MultiCrops
+from .multicrop import (
+    MultiCropAugmentation,
+    MultiCropConfig,
+    MultiCropParams,
+    MultiCrops,
+    MultiCropViews,
+)
 from .resize import resample_to_spacing, resize_for_eval
 from .volume import Volume
 
@@ -112,6 +127,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "AIR_HU",
     "FORMATS",
+    "AdjustGamma",
     "BlurParams",
     "ClipNormalize",
     "CropBatch",
@@ -120,6 +136,7 @@ __all__ = [
     "Fingerprint",
     "ForegroundStats",
     "GammaParams",
+    "GaussianBlur2d",
     "ImageFormat",
     "InputListing",
     "IterationBatchSampler",
@@ -129,6 +146,7 @@ __all__ = [
     "MultiCropAugmentation",
     "MultiCropConfig",
     "MultiCropParams",
+    "MultiCropViews",
     "MultiCrops",
     "NormalizeConfig",
     "NotCTError",
@@ -137,6 +155,7 @@ __all__ = [
     "RandomGamma",
     "RandomGaussianBlur",
     "RandomResizedCrop3d",
+    "ResizedCrop3d",
     "ScanSource",
     "Skipped",
     "SlabBatch",
@@ -157,6 +176,7 @@ __all__ = [
     "gaussian_blur2d",
     "image_suffix",
     "is_zarr_store",
+    "nearest_crop3d",
     "open_stores",
     "phantom",
     "read_label",
@@ -168,6 +188,7 @@ __all__ = [
     "sample_batch_masks",
     "scan_name",
     "strip_image_suffix",
+    "uncrop3d",
     "write_listing",
     "write_volume",
 ]

@@ -70,13 +70,15 @@ def adjust_gamma(
     ``lo`` and ``hi`` are fixed points; a constant sample is returned unchanged.
 
     Args:
-        x: ``(B, C, D, H, W)`` float tensor.
+        x: ``(B, C, D, H, W)`` tensor (integer HU is promoted to float32).
         gamma: ``(B,)`` exponents (> 0).
         value_range: Fixed ``(lo, hi)`` or None for per-sample min/max.
 
     Returns:
-        Tensor like ``x``; finite wherever ``x`` is.
+        Tensor like ``x`` (float32 for an integer ``x``); finite wherever ``x`` is.
     """
+    if not x.is_floating_point():
+        x = x.float()
     b = x.shape[0]
     flat = x.reshape(b, -1)
     if value_range is None:
@@ -119,18 +121,20 @@ def gaussian_blur2d(
     group with its sample's kernel), no per-sample loop.
 
     Args:
-        x: ``(B, C, D, H, W)`` float tensor.
+        x: ``(B, C, D, H, W)`` tensor (integer HU is promoted to float32).
         sigma: ``(B,)`` standard deviations in voxels (>= 0), CPU or on ``x``'s device.
         max_sigma: Upper bound of ``sigma`` fixing the kernel length ``2 ceil(3 max) + 1``
             without reading ``sigma`` back to the host (the transforms pass their range's
             maximum). None reads ``sigma.max()`` (one host sync).
 
     Returns:
-        Tensor like ``x``.
+        Tensor like ``x`` (float32 for an integer ``x``).
 
     Raises:
         ValueError: ``sigma`` not of shape ``(B,)``.
     """
+    if not x.is_floating_point():
+        x = x.float()
     b, c, d, h, w = x.shape
     if tuple(sigma.shape) != (b,):
         raise ValueError(f"sigma must have shape ({b},), got {tuple(sigma.shape)}")
