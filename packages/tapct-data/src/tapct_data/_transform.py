@@ -273,7 +273,7 @@ class ParamsTransform(_TorchIOTransform):
         raise NotImplementedError
 
     def apply_transform(self, subject: Subject) -> Subject:
-        images = subject.get_images_dict(
+        images: dict[str, Image] = subject.get_images_dict(  # type: ignore[call-overload]
             intensity_only=not self.spatial, include=self.include, exclude=self.exclude
         )
         apply_params_to_images(self, images)

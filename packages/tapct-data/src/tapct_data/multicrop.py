@@ -204,7 +204,8 @@ class MultiCrops(NamedTuple):
         """
 
         def stack(names: list[str]) -> torch.Tensor:
-            return torch.stack([to_canonical(subject[n].data, subject[n].affine)[0] for n in names])
+            images = [subject.get_image(n) for n in names]
+            return torch.stack([to_canonical(im.data, im.affine)[0] for im in images])
 
         local = sorted(
             (k for k in subject.get_images_names() if k.startswith("local_")),
@@ -492,15 +493,20 @@ class MultiCropViews(_TorchIOSpatial):
             for kind, crop, records, n_views in sets:
                 if n_views == 0:
                     continue
-                if label:
+                if crops is None:
                     views = crop.apply_label(x[None], records[0])
                 else:
                     views = crops.global_crops if kind == "global" else crops.local_crops
                 for v in range(n_views):
-                    row = map_params(records[0], lambda t, v=v: t[v : v + 1])
+                    row = map_params(records[0], _row_of(v))
                     new_affine = crop.new_affine(affine, row, self.in_shape)
                     data, affine_ras = from_canonical(views[v], new_affine, orientation)
                     key = f"{name}_{kind}_{v}" if label else f"{kind}_{v}"
                     cls = tio.LabelMap if label else tio.ScalarImage
                     subject.add_image(cls(tensor=data, affine=affine_ras), key)
         return subject
+
+
+def _row_of(v: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Row ``v`` of a params field, keeping the batch axis."""
+    return lambda t: t[v : v + 1]
