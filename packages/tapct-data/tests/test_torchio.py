@@ -80,11 +80,11 @@ def test_label_follows_the_ct_voxel_for_voxel_in_a_compose(ct_path):
         assert offset.max() <= 0.5 + 1e-6, seed
         # The scalar images sit on the same grid: the world-coordinate image, resampled
         # by the antialiased linear kernel, gives each output voxel's own coordinates
-        # (to a tenth of a voxel inside the box; the rim's footprint is truncated).
+        # (within 0.4 mm, an eighth of a 3 mm voxel, inside the box; the rim is truncated).
         world_out = out["world"].data.numpy()[:, 1:-1, 1:-1, :]
         expected = _world(out["world"].affine, out["world"].spatial_shape)[:, 1:-1, 1:-1, :]
-        assert np.abs(world_out - expected).max() < 0.1 * 3.0 * 5  # 3 mm, <= 5x downsampling
-        assert np.abs(world_out - expected).mean() < 0.1 * 3.0
+        error = np.abs(world_out - expected)  # mm; a one-voxel shift would be >= 3 mm
+        assert error.max() < 0.4 and error.mean() < 0.1, (seed, error.max())
 
 
 def test_a_pure_crop_carries_the_ct_values_and_the_label_exactly(ct_path):
