@@ -271,3 +271,19 @@ def test_multicrop_is_the_last_step_of_a_compose(ct_path):
         assert not out.get_composed_history().is_invertible()
     with pytest.raises(ValueError, match="one scalar image"):
         MultiCropAugmentation(local_crops_number=0)(subject)
+
+
+def test_nearest_crop_is_interpolate_nearest_exact_of_each_box():
+    import torch.nn.functional as F
+    from tapct_data import nearest_crop3d
+
+    crop = RandomResizedCrop3d((3, 12, 9), scale=(0.05, 1.0))
+    x = torch.randint(0, 1000, (2, 1, 7, 40, 31), dtype=torch.int32)
+    params = crop.sample(6, (7, 40, 31), torch.Generator().manual_seed(0))  # 3 views x 2
+    out = nearest_crop3d(x, params, (3, 12, 9))
+    assert out.dtype == torch.int32 and out.shape == (6, 1, 3, 12, 9)
+    for n, (top, left, bh, bw) in enumerate(params.voxel_boxes((40, 31)).round().long().tolist()):
+        s = int(params.start[n])
+        box = x[n % 2, :, s : s + 3, top : top + bh, left : left + bw].float()
+        expected = F.interpolate(box, size=(12, 9), mode="nearest-exact").to(torch.int32)
+        assert torch.equal(out[n], expected), n
