@@ -171,7 +171,8 @@ class BatchedRandomTransform(_TorchIOTransform):
       per-sample parameters are drawn on the CPU with ``g`` (or the global RNG), then
       applied on ``x``'s device with no per-sample loop and no host read.
     * TorchIO: ``transform(subject)`` on a ``tio.Subject`` (CPU). One params record
-      (``B = 1``) is drawn from the transform's own ``seed`` generator on the canonical
+      (``B = 1``) is drawn (from ``generator`` if given, else the transform's own ``seed``
+      generator, else the global RNG) on the canonical
       ``(D, H, W)`` of the first selected image, and `fixed` turns it into the
       deterministic `ParamsTransform` that is applied and recorded in the subject's
       history. Spatial transforms (``spatial = True``) apply it to every selected image,
@@ -193,6 +194,7 @@ class BatchedRandomTransform(_TorchIOTransform):
     def __init__(self, seed: int | torch.Generator | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._generator = generator_from(seed)
+        self._call_generator: torch.Generator | None = None
 
     def sample(
         self,
@@ -235,7 +237,11 @@ class BatchedRandomTransform(_TorchIOTransform):
                 f"{type(self).__name__} expects a batch (B, C, D, H, W) or a tio.Subject, got a "
                 f"tensor of shape {tuple(data.shape)}"
             )
-        return super().__call__(data)
+        self._call_generator = generator
+        try:
+            return super().__call__(data)
+        finally:
+            self._call_generator = None
 
     def apply_transform(self, subject: Subject) -> Subject:
         images = subject.get_images(
@@ -244,7 +250,8 @@ class BatchedRandomTransform(_TorchIOTransform):
         if not images:
             return subject
         shape = canonical_shape(images[0])
-        fixed = self.fixed(self.sample(1, shape, self._generator), shape)
+        params = self.sample(1, shape, self._call_generator or self._generator)
+        fixed = self.fixed(params, shape)
         subject = fixed.apply_transform(subject)
         subject.add_transform(fixed, fixed._get_reproducing_arguments())
         return subject
