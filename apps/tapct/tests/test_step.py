@@ -29,7 +29,10 @@ def test_step_reads_nothing_back_to_the_host(tiny_config):
     with HostReadCounter() as reads:
         out = train_step(parts, [batch], 1)
     assert reads.total == 0, reads.where
-    assert out.names[0] == "loss" and out.names[-1] == "grad_norm"
+    from tapct_ssl import CollapseStats, DINOv2Terms
+
+    # the objective's terms, the gradient norm, then the collapse monitors (no host read)
+    assert out.names == (*DINOv2Terms.names(), "grad_norm", *CollapseStats.names())
     assert out.values.shape == (len(out.names),) and out.found_inf.item() == 0.0
 
 

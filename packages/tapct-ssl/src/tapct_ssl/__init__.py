@@ -18,6 +18,12 @@ One training step with it::
 Reference: Oquab et al. 2024, DINOv2 (facebookresearch/dinov2); TAP-CT paper Table 7.
 """
 
+from tapct_ssl.collapse import (
+    CollapseStats,
+    collapse_stats,
+    collapse_warnings,
+    effective_rank,
+)
 from tapct_ssl.cross_entropy import soft_cross_entropy
 from tapct_ssl.dino_head import DINOHead
 from tapct_ssl.dino_loss import DINOLoss
@@ -47,6 +53,7 @@ from tapct_ssl.scheduler import CosineScheduler
 __all__ = [
     "CENTERING_MODES",
     "LOSS_KEYS",
+    "CollapseStats",
     "CosineScheduler",
     "DINOHead",
     "DINOLoss",
@@ -60,7 +67,10 @@ __all__ = [
     "apply_schedules",
     "build_optimizer",
     "build_schedulers",
+    "collapse_stats",
+    "collapse_warnings",
     "dino_crop_terms",
+    "effective_rank",
     "get_params_groups",
     "iBOTMaskIndex",
     "iBOTPatchLoss",

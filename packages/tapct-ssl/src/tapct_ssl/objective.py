@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
+from tapct_ssl.collapse import CollapseStats, collapse_stats
 from tapct_ssl.dino_head import DINOHead
 from tapct_ssl.dino_loss import DINOLoss
 from tapct_ssl.ema import update_ema
@@ -96,6 +97,10 @@ class DINOv2Terms:
     pairs in field order, so a logger writes every term without a list of names of its
     own (a new term is a new field here and is logged everywhere at once).
 
+    The collapse monitors and the teacher's cls tokens ride along outside the iteration
+    (they are not loss terms): ``monitors`` (:class:`~tapct_ssl.collapse.CollapseStats`)
+    and ``teacher_cls``.
+
     Attributes:
         loss: ``dino_w * (dino_local + dino_global) + ibot_w * ibot + koleo_w * koleo``.
         dino_local_crops_loss: DINO term of the local-global pairs (normalised by the
@@ -103,6 +108,9 @@ class DINOv2Terms:
         dino_global_crops_loss: DINO term of the global-global pairs.
         koleo_loss: KoLeo term (summed over global crops).
         ibot_loss: iBOT masked-token term.
+        monitors: The step's collapse monitors (device scalars), or None.
+        teacher_cls: ``(n_g B, E)`` the teacher backbone's cls tokens (detached), for
+            statistics that need the whole batch (``tapct_ssl.effective_rank``), or None.
 
     Example:
         >>> for name, value in terms:  # doctest: +SKIP
@@ -114,11 +122,13 @@ class DINOv2Terms:
     dino_global_crops_loss: torch.Tensor
     koleo_loss: torch.Tensor
     ibot_loss: torch.Tensor
+    monitors: CollapseStats | None = None
+    teacher_cls: torch.Tensor | None = None
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
-        """The field names, ``loss`` first (the one list of term names)."""
-        return tuple(f.name for f in attrs.fields(cls))
+        """The loss-term field names, ``loss`` first (the one list of term names)."""
+        return tuple(f.name for f in attrs.fields(cls) if f.name not in _NOT_TERMS)
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(name, tensor)`` for every field, in order."""
@@ -135,7 +145,11 @@ class DINOv2Terms:
 
     def detached(self) -> DINOv2Terms:
         """The record with ``loss`` detached too (for logging or accumulation)."""
-        return DINOv2Terms(**{k: v.detach() for k, v in self})
+        detached: dict[str, Any] = {k: v.detach() for k, v in self}
+        return attrs.evolve(self, **detached)
+
+
+_NOT_TERMS = frozenset({"monitors", "teacher_cls"})
 
 
 #: Names of the terms, ``loss`` first: ``DINOv2Terms.names()`` (kept for old imports).
@@ -450,7 +464,7 @@ class DINOv2Objective(nn.Module):
     @torch.no_grad()
     def _teacher_targets(
         self, global_crops: torch.Tensor, mask_indices: torch.Tensor, teacher_temp: float
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    ) -> tuple[list[torch.Tensor], torch.Tensor, CollapseStats, torch.Tensor]:
         with record_function("tapct_ssl.teacher.backbone"):
             teacher_backbone: Any = self.teacher["backbone"]
             out = teacher_backbone.forward_features(global_crops)
@@ -461,7 +475,11 @@ class DINOv2Objective(nn.Module):
             cls_logits = self.teacher["dino_head"](cls_tokens)  # (n_g B, K)
             patch_logits = self.teacher["ibot_head"](masked)  # (M, K')
         with record_function("tapct_ssl.teacher.targets"):
-            return self._targets(cls_logits, patch_logits, teacher_temp)
+            dino_targets, ibot_targets = self._targets(cls_logits, patch_logits, teacher_temp)
+        monitors = collapse_stats(
+            torch.cat(dino_targets), cls_logits, teacher_temp, cls_tokens
+        )
+        return dino_targets, ibot_targets, monitors, cls_tokens.detach()
 
     @torch.no_grad()
     def _targets(
@@ -538,7 +556,7 @@ class DINOv2Objective(nn.Module):
         n_images = global_crops.shape[0] // n_g
         n_local = 0 if local_crops is None else local_crops.shape[0] // n_images
 
-        teacher_views, ibot_targets = self._teacher_targets(
+        teacher_views, ibot_targets, monitors, teacher_cls = self._teacher_targets(
             global_crops, mask_indices, float(teacher_temp)
         )
 
@@ -590,6 +608,8 @@ class DINOv2Objective(nn.Module):
             dino_global_crops_loss=dino_global.detach(),
             koleo_loss=koleo.detach(),
             ibot_loss=ibot.detach(),
+            monitors=monitors,
+            teacher_cls=teacher_cls,
         )
 
     @torch.no_grad()

@@ -46,6 +46,7 @@ from tapct_app.train.state import (
 from tapct_app.train.step import train_step
 
 __all__ = [
+    "CollapseHook",
     "Hook",
     "MetricsHook",
     "PretrainResult",
@@ -121,6 +122,59 @@ class MetricsHook:
         self.logger.close()
 
 
+class CollapseHook:
+    """Warn (one line per sign, once per run invocation) when the monitors show collapse.
+
+    Reads the logged collapse monitors (``teacher_entropy``, ``teacher_batch_entropy``,
+    ``cls_std``, ``cls_effective_rank``; ``tapct_ssl.collapse``) and prints
+    ``tapct: warning: ...`` lines from ``tapct_ssl.collapse_warnings``. Before the end of
+    the learning-rate warm-up nothing is said: a freshly initialised student with
+    LayerScale 1e-5 starts with almost equal cls tokens, which is not a collapse yet.
+
+    Args:
+        console: A ``rich.console.Console`` (or None: warnings go to stderr).
+        n_prototypes: K of the DINO head.
+        embed_dim: E of the backbone.
+        batch: Teacher cls tokens per step and process (``n_global_crops x batch``).
+        quiet_until: The first iteration at which a warning may be printed.
+    """
+
+    def __init__(
+        self, console: Any, n_prototypes: int, embed_dim: int, batch: int, quiet_until: int
+    ) -> None:
+        self.console = console
+        self.n_prototypes, self.embed_dim, self.batch = n_prototypes, embed_dim, batch
+        self.quiet_until = quiet_until
+        self.said: set[str] = set()
+        self.lines: list[str] = []
+
+    def on_step(self, iteration: int) -> None:
+        """Nothing per step."""
+
+    def on_log(self, iteration: int, metrics: dict[str, float]) -> None:
+        """Check the logged monitors; print each new kind of warning once."""
+        if iteration < self.quiet_until:
+            return
+        from tapct_ssl import collapse_warnings
+
+        for line in collapse_warnings(metrics, self.n_prototypes, self.embed_dim, self.batch):
+            kind = line.split("(", 1)[0]
+            if kind in self.said:
+                continue
+            self.said.add(kind)
+            text = f"tapct: warning: iteration {iteration}: {line}"
+            self.lines.append(text)
+            if self.console is not None:
+                self.console.print(text, markup=False, highlight=False)
+            else:
+                import sys
+
+                print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
 def _short(name: str) -> str:
     return (
         name.removesuffix("_loss")
@@ -170,6 +224,10 @@ class ProgressHook:
     def on_log(self, iteration: int, metrics: dict[str, float]) -> None:
         """Show the terms (every ``*loss*`` value), the lr and the throughput."""
         parts = [f"{_short(k)} {v:.4f}" for k, v in metrics.items() if k.endswith("loss")]
+        if "teacher_entropy" in metrics:
+            parts.append(f"H_t {metrics['teacher_entropy']:.2f}")
+        if "cls_effective_rank" in metrics:
+            parts.append(f"rank {metrics['cls_effective_rank']:.1f}")
         parts.append(f"lr {metrics['lr']:.2e}")
         if "samples_per_s" in metrics:
             parts.append(f"{metrics['samples_per_s']:.1f} samples/s")
@@ -262,6 +320,7 @@ def _run(
         hooks.append(MetricsHook(output, start))
         if console is not None and show_progress:
             hooks.append(ProgressHook(console, total, start))
+        hooks.append(_collapse_hook(config, parts, console))
         hooks.extend(extra_hooks)
 
     monitor = StepMonitor(dist.device)
@@ -291,6 +350,10 @@ def _run(
             if log_due and dist.is_main:
                 now = time.perf_counter()
                 metrics = {**fetched.values, **_schedule_metrics(step_out.schedule)}
+                if step_out.teacher_cls is not None:  # an SVD: logging steps only
+                    from tapct_ssl import effective_rank
+
+                    metrics["cls_effective_rank"] = float(effective_rank(step_out.teacher_cls))
                 metrics["samples_per_s"] = n_log / max(now - t_log, 1e-9)
                 t_log, n_log = now, 0
                 for hook in hooks:
@@ -310,6 +373,19 @@ def _run(
     wall = time.perf_counter() - t_start
     return _finish(config, output, dist, parts.objective, run, start, wall, last_ckpt,
                    last_loss, store)  # fmt: skip
+
+
+def _collapse_hook(config: PretrainConfig, parts: Any, console: Any) -> CollapseHook:
+    """The run's :class:`CollapseHook`: quiet until the learning-rate warm-up ends."""
+    objective = parts.objective
+    n_global = objective.config.n_global_crops
+    return CollapseHook(
+        console,
+        n_prototypes=objective.config.dino_head_n_prototypes,
+        embed_dim=objective.embed_dim,
+        batch=n_global * config.train.batch_size,
+        quiet_until=parts.schedules.lr.warmup_iters,
+    )
 
 
 def _schedule_metrics(values: Any) -> dict[str, float]:

@@ -61,18 +61,24 @@ class StepOutput:
 
     Attributes:
         names: The names of ``values``: the objective's terms in the order of its
-            record (``tapct_ssl.DINOv2Terms``, ``loss`` first), then ``grad_norm``.
+            record (``tapct_ssl.DINOv2Terms``, ``loss`` first), then ``grad_norm``,
+            then the collapse monitors (``tapct_ssl.CollapseStats``).
         values: ``(T,)`` float32: the terms averaged over the micro-batches of this
-            rank, and the largest clipped-before norm of the student parts.
-        found_inf: ``()`` float32, 1.0 when a value was not finite on any rank (the
-            update was then skipped on the device), else 0.0.
+            rank, the largest clipped-before norm of the student parts, and the
+            monitors averaged over the micro-batches.
+        found_inf: ``()`` float32, 1.0 when a term or the gradient norm was not finite
+            on any rank (the update was then skipped on the device), else 0.0; the
+            monitors do not take part.
         schedule: The scheduled values the step used (host floats).
+        teacher_cls: ``(n_g B, E)`` the teacher's cls tokens of the last micro-batch
+            (for ``tapct_ssl.effective_rank`` on logging steps), or None.
     """
 
     names: tuple[str, ...]
     values: torch.Tensor
     found_inf: torch.Tensor
     schedule: ScheduleValues
+    teacher_cls: torch.Tensor | None = None
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
@@ -126,7 +132,9 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     ddp, accum = parts.ddp, len(micro_batches)
     names: tuple[str, ...] = ()
+    monitor_names: tuple[str, ...] = ()
     sums: torch.Tensor | None = None
+    monitor_sums: torch.Tensor | None = None
     for a, mb in enumerate(micro_batches):
         with phase("augment"):
             slabs = parts.normalize.apply(mb.slabs)  # int16 HU -> clipped z-scores
@@ -147,6 +155,10 @@ def train_step(
         names = tuple(name for name, _ in terms)  # the objective's record: no second list
         stacked = torch.stack([v.detach().float() for _, v in terms]) / accum  # (T,)
         sums = stacked if sums is None else sums + stacked
+        if terms.monitors is not None:
+            monitor_names = tuple(name for name, _ in terms.monitors)
+            mon = torch.stack([v.float() for _, v in terms.monitors]) / accum  # (M,)
+            monitor_sums = mon if monitor_sums is None else monitor_sums + mon
     assert sums is not None
     with phase("optimizer"):
         grad_norm = parts.objective.clip_gradients(parts.clip_grad if parts.clip_grad > 0 else None)
@@ -155,6 +167,12 @@ def train_step(
         optimizer.found_inf = found_inf  # type: ignore[attr-defined]  # fused AdamW skips
         optimizer.step()
         parts.objective.update(schedule.momentum, skip=found_inf.bool())
+    if monitor_sums is not None:
+        values = torch.cat([values, monitor_sums])  # (T + 1 + M,)
     return StepOutput(
-        names=(*names, "grad_norm"), values=values, found_inf=found_inf, schedule=schedule
+        names=(*names, "grad_norm", *monitor_names),
+        values=values,
+        found_inf=found_inf,
+        schedule=schedule,
+        teacher_cls=terms.teacher_cls,
     )
