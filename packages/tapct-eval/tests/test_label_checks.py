@@ -171,8 +171,12 @@ def test_prepare_label_keeps_ignored_voxels_through_the_label_map():
     out = prepare_label(label, "l.nii", num_classes=49, label_map="totalsegmentator_49",
                         ignore_index=255)
     assert out.tolist() == [[[0, 7, 255, 2, 2]]]
-    with pytest.raises(LabelError, match=r"label_map mapping: label ids \[7\] are not in the "):
+    with pytest.raises(LabelError, match=r"^l.nii: label values \[7\] are not in label_map "
+                                         r"mapping; check label_map, or set ignore_index"):
         prepare_label(torch.tensor([[[0, 7]]]), "l.nii", num_classes=3, label_map={0: 0, 1: 2})
+    with pytest.raises(LabelError, match=r"label values \[255\] are not in label_map "
+                                         r"totalsegmentator_49; set ignore_index: 255 in the"):
+        prepare_label(label, "l.nii", num_classes=49, label_map="totalsegmentator_49")
 
 
 def test_task_file_ignore_index(tmp_path):

@@ -35,7 +35,7 @@ import attrs
 import numpy as np
 import torch
 
-from .labels import merge_totalsegmentator_labels, remap_labels
+from .labels import TOTALSEGMENTATOR_V2_TO_49, merge_totalsegmentator_labels, remap_labels
 
 __all__ = [
     "MAX_LABEL_VALUES",
@@ -318,6 +318,12 @@ def _show(values: Sequence[int]) -> str:
     return f"[{shown}{more}]"
 
 
+def _hint(bad: Sequence[int], ignore_index: int | None, otherwise: str) -> str:
+    if len(bad) == 1 and ignore_index is None and bad[0] in (-1, 255):
+        return f"set ignore_index: {bad[0]} in the task file to leave those voxels out"
+    return f"{otherwise}, or set ignore_index for a value that marks voxels to leave out"
+
+
 def prepare_label(
     label: torch.Tensor,
     path: str | Path,
@@ -346,37 +352,42 @@ def prepare_label(
     Raises:
         LabelError: When the label looks like an image, holds ids the ``label_map`` does
             not know, or values outside ``0..num_classes-1`` that are not ``ignore_index``.
+        ValueError: When ``label_map`` is a string other than ``"totalsegmentator_49"``.
     """
     problem = image_like_problem(label)
     if problem is not None:
         raise LabelError(path, problem)
     label = torch.as_tensor(label).long()
     of_task = f" of {task_file}" if task_file is not None else ""
+    ignoring = f" (ignore_index {ignore_index})" if ignore_index is not None else ""
     ignored = label == ignore_index if ignore_index is not None else None
     if label_map is not None:
+        name = label_map if isinstance(label_map, str) else "mapping"
+        table = TOTALSEGMENTATOR_V2_TO_49 if label_map == "totalsegmentator_49" else label_map
+        if isinstance(table, str):
+            raise ValueError(f"unknown label_map {label_map!r}")
+        present = torch.unique(label if ignored is None else label[~ignored]).tolist()
+        unknown = [int(v) for v in present if int(v) not in table]
+        if unknown:
+            raise LabelError(
+                path,
+                f"label values {_show(unknown)} are not in label_map {name}{of_task}"
+                f"{ignoring}; {_hint(unknown, ignore_index, 'check label_map')}",
+            )
         values = label.masked_fill(ignored, 0) if ignored is not None else label
-        try:
-            if label_map == "totalsegmentator_49":
-                values = merge_totalsegmentator_labels(values)
-            else:
-                values = remap_labels(values, label_map)  # type: ignore[arg-type]
-        except ValueError as exc:
-            name = label_map if isinstance(label_map, str) else "mapping"
-            raise LabelError(path, f"label_map {name}{of_task}: {exc}") from None
+        values = (
+            merge_totalsegmentator_labels(values)
+            if label_map == "totalsegmentator_49"
+            else remap_labels(values, table)
+        )
         label = values.masked_fill(ignored, ignore_index) if ignored is not None else values
     bad = bad_label_values(label, num_classes, ignore_index)
     if bad:
-        hint = (
-            f"set ignore_index: {bad[0]} in the task file to leave those voxels out"
-            if len(bad) == 1 and ignore_index is None and bad[0] in (-1, 255)
-            else "check num_classes and label_map, or set ignore_index for a value that "
-            "marks voxels to leave out"
-        )
         after = " after the label_map" if label_map is not None else ""
-        ignoring = f" (ignore_index {ignore_index})" if ignore_index is not None else ""
         raise LabelError(
             path,
             f"label values {_show(bad)}{after} are outside 0..{num_classes - 1} "
-            f"(num_classes {num_classes}{of_task}){ignoring}; {hint}",
+            f"(num_classes {num_classes}{of_task}){ignoring}; "
+            f"{_hint(bad, ignore_index, 'check num_classes and label_map')}",
         )
     return label
