@@ -374,13 +374,15 @@ def prepare_label(
                 f"label values {_show(unknown)} are not in label_map {name}{of_task}"
                 f"{ignoring}; {_hint(unknown, ignore_index, 'check label_map')}",
             )
-        values = label.masked_fill(ignored, 0) if ignored is not None else label
+        values = label if ignored is None else label.masked_fill(ignored, 0)
         values = (
             merge_totalsegmentator_labels(values)
             if label_map == "totalsegmentator_49"
             else remap_labels(values, table)
         )
-        label = values.masked_fill(ignored, ignore_index) if ignored is not None else values
+        if ignore_index is not None and ignored is not None:
+            values = values.masked_fill(ignored, ignore_index)
+        label = values
     bad = bad_label_values(label, num_classes, ignore_index)
     if bad:
         after = " after the label_map" if label_map is not None else ""
