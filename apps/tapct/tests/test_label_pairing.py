@@ -134,6 +134,8 @@ def test_benchmark_with_ignore_index_and_partial_cover_runs_and_warns_once(share
 @pytest.mark.parametrize(("image", "label", "shape"), [
     (CT, SEG, (30, 101, 122)),
     ("ct/example_ct_dicom", "labels/example_ct_dicom_seg.nii.gz", (20, 512, 512)),  # LAS
+    ("ct/ct_3slice_dicom", "labels/ct_3slice_liver_SEG.dcm", (3, 512, 512)),  # DICOM SEG
+    ("ct/ct_3slice_dicom", "labels/ct_3slice_liver_spine_seg.nrrd", (3, 512, 512)),
 ])
 def test_correct_pairings_load_without_warning(shared_data, image, label, shape):
     from tapct_app.readers import ScanLoaders

@@ -97,6 +97,13 @@ def test_check_warns_once_on_partial_cover_and_is_silent_on_full_cover():
                           label_path="lab.nii", image_path="img.nii")
 
 
+def test_label_error_pickles_with_its_path():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(LabelError("a/l.nii", "bad")))
+    assert (str(err), err.path.name, err.problem) == ("a/l.nii: bad", "l.nii", "bad")
+
+
 def test_an_empty_label_on_its_grid_is_accepted():
     found = check_label_image(np.zeros(SHAPE, np.int64), AFFINE, SHAPE, AFFINE,
                               label_path="lab.nii", image_path="img.nii")

@@ -70,11 +70,16 @@ class LabelError(ValueError):
 
     Attributes:
         path: The label file.
+        problem: The message after the path.
     """
 
     def __init__(self, path: str | Path, problem: str) -> None:
         super().__init__(f"{path}: {problem}")
         self.path = Path(path)
+        self.problem = problem
+
+    def __reduce__(self):  # picklable across worker processes despite two arguments
+        return type(self), (self.path, self.problem)
 
 
 class LabelCoverWarning(UserWarning):
