@@ -14,6 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from tapct_app.cli import main
 
 # The NIfTI scan and its TotalSegmentator label: 30 x 101 x 122 voxels of 3 mm.
@@ -144,6 +145,31 @@ def test_correct_pairings_load_without_warning(shared_data, image, label, shape)
         warnings.simplefilter("error")
         labels = ScanLoaders().load_label(shared_data / label, shared_data / image)
     assert tuple(labels.shape) == shape and int(labels.max()) > 0
+
+
+def test_a_dicom_seg_without_empty_frames_is_only_warned_about(shared_data, tmp_path):
+    """dcmqi-style SEG keeping only the middle of 3 frames: its grid covers 1/3 of the CT."""
+    import pydicom
+    from tapct_app.readers import ScanLoaders
+    from tapct_eval import LabelCoverWarning
+
+    full_seg = shared_data / "labels" / "ct_3slice_liver_SEG.dcm"
+    ds = pydicom.dcmread(full_seg)
+    frame_bytes = ds.Rows * ds.Columns // 8  # BINARY: 1 bit per pixel, frames byte-aligned
+    ds.PixelData = ds.PixelData[frame_bytes : 2 * frame_bytes]
+    ds.NumberOfFrames = 1
+    ds.PerFrameFunctionalGroupsSequence = pydicom.Sequence(
+        [ds.PerFrameFunctionalGroupsSequence[1]]
+    )
+    one_frame = tmp_path / "one_frame_SEG.dcm"
+    ds.save_as(one_frame)
+    ct = shared_data / "ct" / "ct_3slice_dicom"
+    with pytest.warns(LabelCoverWarning, match=r"one_frame_SEG.dcm: covers 33.3% of the extent "
+                                               r"of its image .*a DICOM SEG may leave out"):
+        labels = ScanLoaders().load_label(one_frame, ct)
+    full = ScanLoaders().load_label(full_seg, ct)
+    assert labels[[0, 2]].sum() == 0 and int(full[[0, 2]].sum()) > 0
+    assert torch.equal(labels[1], full[1]) and int(labels[1].sum()) == 35645
 
 
 def _retrieve(shared_data: Path, mask: Path, out: Path) -> int:

@@ -85,6 +85,15 @@ def test_check_refuses_a_label_covering_less_than_half():
                           label_path="lab.nii", image_path="img.nii")
 
 
+def test_sparse_frames_turn_a_short_cover_into_a_warning_but_not_a_misplaced_label():
+    with pytest.warns(LabelCoverWarning, match="covers 40.0% of the extent"):
+        check_label_image(_box_label(), _shifted(6), SHAPE, AFFINE, label_path="seg.dcm",
+                          image_path="img", sparse_frames=True)
+    with pytest.raises(LabelError, match="none of its 128 foreground voxels"):
+        check_label_image(_box_label(), _shifted(40), SHAPE, AFFINE, label_path="seg.dcm",
+                          image_path="img", sparse_frames=True)
+
+
 def test_check_warns_once_on_partial_cover_and_is_silent_on_full_cover():
     with pytest.warns(LabelCoverWarning, match=r"^lab.nii: covers 70.0% of the extent") as rec:
         found = check_label_image(_box_label(), _shifted(3), SHAPE, AFFINE,

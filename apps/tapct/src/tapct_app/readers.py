@@ -84,6 +84,8 @@ class ScanLoaders:
                 reference.affine,
                 label_path=path,
                 image_path=image_path,
+                # A SEG's grid spans only its frames with a segment: short cover expected.
+                sparse_frames=native.metadata.get("format") == "dicom-seg",
             )
             label = resample_label(native, reference)
         return label.data[0].long()

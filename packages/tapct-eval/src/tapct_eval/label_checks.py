@@ -13,7 +13,9 @@ path (:class:`LabelError`, a ``ValueError``):
    position) or whose grid box covers less than :data:`MIN_COVER` of the image's box is
    refused; nearest-neighbour resampling would turn it into all background and score
    Dice ~0 without a word. A cover below 1 that is still acceptable gives a
-   :class:`LabelCoverWarning` (a DICOM SEG may leave out empty frames).
+   :class:`LabelCoverWarning`. A DICOM SEG stores only the frames that hold a segment, so
+   its grid spans just the segmented slices: for it (``sparse_frames``) a short cover is
+   only warned about, and the foreground must still land inside the image.
 3. **Values the task cannot train on** (:func:`prepare_label`): ids outside
    ``0..num_classes-1`` after the task's ``label_map`` (a wrong ``num_classes``, a missing
    ``label_map``, 255 or -1 borders) unless they equal the task's ``ignore_index``.
@@ -239,6 +241,7 @@ def check_label_image(
     label_path: str | Path,
     image_path: str | Path,
     min_cover: float = MIN_COVER,
+    sparse_frames: bool = False,
 ) -> LabelOverlap:
     """Refuse a label that is an image or does not lie on its image; warn on partial cover.
 
@@ -253,6 +256,9 @@ def check_label_image(
         label_path: The label file (leads the message).
         image_path: The image it is paired with (named in the message).
         min_cover: Least fraction of the image's extent the label grid must cover.
+        sparse_frames: The label's grid holds only the frames that carry a segment (a
+            DICOM SEG leaves out empty frames): a cover below ``min_cover`` is then warned
+            about, not refused.
 
     Returns:
         The :class:`LabelOverlap` found.
@@ -260,10 +266,11 @@ def check_label_image(
     Raises:
         LabelError: When the label looks like an image (:func:`image_like_problem`), when
             none of its foreground voxels lands inside the image, or when its grid covers
-            less than ``min_cover`` of the image's extent.
+            less than ``min_cover`` of the image's extent (unless ``sparse_frames``).
 
     Warns:
-        LabelCoverWarning: When the cover is at least ``min_cover`` but below 1.
+        LabelCoverWarning: When the cover is below 1 (and at least ``min_cover`` unless
+            ``sparse_frames``).
     """
     problem = image_like_problem(label)
     if problem is not None:
@@ -279,7 +286,7 @@ def check_label_image(
             f"none of its {found.foreground} foreground voxels lies inside the image "
             f"{image_path}; its grid covers {found.cover:.0%} of the image's extent {where}",
         )
-    if found.cover < min_cover:
+    if found.cover < min_cover and not sparse_frames:
         raise LabelError(
             label_path,
             f"covers only {found.cover:.0%} of the extent of its image {image_path} (at "
