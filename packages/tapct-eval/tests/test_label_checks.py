@@ -46,6 +46,17 @@ def _box_label() -> np.ndarray:
     return label
 
 
+def test_overlap_counts_big_labels_slab_by_slab(monkeypatch):
+    import tapct_eval.label_checks as lc
+
+    label = np.random.default_rng(0).integers(0, 3, size=(10, 8, 6))
+    whole = label_overlap(label, _shifted(3), SHAPE, AFFINE)
+    monkeypatch.setattr(lc, "_CHUNK_VOXELS", 100)  # 2 slices per slab
+    assert label_overlap(label, _shifted(3), SHAPE, AFFINE) == whole
+    assert whole.foreground == int((label > 0).sum())
+    assert whole.inside == int((label[:7] > 0).sum())  # slices 0..6 land on 3..9
+
+
 def test_same_grid_is_full_cover():
     found = label_overlap(_box_label(), AFFINE, SHAPE, AFFINE)
     assert (found.foreground, found.inside, found.cover) == (128, 128, 1.0)
@@ -212,11 +223,12 @@ def test_task_file_ignore_index(tmp_path):
             load_task(path)
 
 
-def test_probe_refuses_bad_labels_before_training():
+@pytest.mark.parametrize("bad", [255, -1, 2])
+def test_probe_refuses_bad_labels_before_training(bad):
     feats = [torch.randn(4, 2, 2, 2)]
     labels = [torch.zeros(4, 4, 4, dtype=torch.long)]
-    labels[0][0, 0, 0] = 255
-    with pytest.raises(ValueError, match=r"labels\[0\] holds values \[255\] outside 0..1"):
+    labels[0][0, 0, 0] = bad
+    with pytest.raises(ValueError, match=rf"labels\[0\] holds values \[{bad}\] outside 0..1"):
         train_segmentation_probe(feats, labels, 2, patch_size=(2, 2, 2))
     with pytest.raises(ValueError, match="ignore_index 1 is a class id"):
         train_segmentation_probe(feats, labels, 2, patch_size=(2, 2, 2), ignore_index=1)

@@ -61,6 +61,9 @@ MIN_COVER = 0.5
 # Cover at or above this counts as full (no warning); floating-point slack only.
 _FULL_COVER = 0.999
 
+# Label voxels mapped per slab in label_overlap (bounds its memory on big label maps).
+_CHUNK_VOXELS = 1 << 22
+
 # Bad values named in a message before "...".
 _SHOW_VALUES = 8
 
@@ -172,14 +175,16 @@ def label_overlap(
     lo = np.maximum(corners.min(1), -0.5)
     hi = np.minimum(corners.max(1), n - 0.5)
     cover = float(np.prod(np.clip(hi - lo, 0.0, None)) / np.prod(n))
-    fg = np.argwhere(values > 0)  # (N, 3) label voxel indices
-    if len(fg):
+    foreground = inside = 0
+    step = max(1, _CHUNK_VOXELS // max(1, values[0].size))
+    for start in range(0, values.shape[0], step):  # slabs bound the memory of big labels
+        fg = np.argwhere(values[start : start + step] > 0)  # (N, 3) label voxel indices
+        fg[:, 0] += start
         pos = fg @ to_image[:3, :3].T + to_image[:3, 3]  # (N, 3) image voxel indices
-        inside = int(np.count_nonzero(np.all((pos >= -0.5) & (pos < n - 0.5), axis=1)))
-    else:
-        inside = 0
+        foreground += len(fg)
+        inside += int(np.count_nonzero(np.all((pos >= -0.5) & (pos < n - 0.5), axis=1)))
     return LabelOverlap(
-        foreground=len(fg),
+        foreground=foreground,
         inside=inside,
         cover=min(cover, 1.0),
         label_box=_world_box(values.shape, la),
