@@ -15,6 +15,7 @@ from tapct_data import (
     Volume,
     read_label,
     read_volume,
+    resample_label,
     write_volume,
 )
 
@@ -165,6 +166,9 @@ def test_label_resampled_onto_a_different_reference(shared_data):
     np.testing.assert_allclose(parent.affine, vol.affine, atol=1e-4)
     assert torch.equal(on_parent.data[0, :30], label.data[0])
     assert on_parent.data[0, 30:].sum() == 0
+    # The same in two steps (read on its own grid, then resample), as the app does.
+    assert torch.equal(resample_label(label, parent).data, on_parent.data)
+    assert resample_label(label, vol) is label  # same grid: returned as is
 
 
 def test_single_slice_and_enhanced_multiframe(shared_data):

@@ -36,11 +36,12 @@ def benchmark_command(
         The ``tapct_eval.BenchmarkResults``.
 
     Raises:
-        UserError: A missing or invalid task file, an unreadable scan or label, a bad
-            model or device.
+        UserError: A missing or invalid task file, an unreadable scan or label, a label
+            that is an image, lies elsewhere than its image or holds values outside the
+            task's classes (``tapct_eval.LabelError``), a bad model or device.
     """
     from tapct_data import strip_image_suffix
-    from tapct_eval import load_task, run_benchmark
+    from tapct_eval import LabelError, load_task, run_benchmark
 
     from tapct_app.backbone import load_backbone
     from tapct_app.intensity import model_normalize
@@ -70,17 +71,20 @@ def benchmark_command(
     loaders = ScanLoaders(model_normalize(model, intensity_stats))
     model_name = Path(model).name if Path(model).exists() else str(model)
     with atomic_output_dir(output) as tmp:
-        results = run_benchmark(
-            task,
-            backbone,
-            tmp,
-            seeds=tuple(seeds),
-            load_image=loaders.load_image,
-            load_label=loaders.load_label,
-            device=str(dev),
-            model_name=model_name,
-            console=console,
-        )
+        try:
+            results = run_benchmark(
+                task,
+                backbone,
+                tmp,
+                seeds=tuple(seeds),
+                load_image=loaders.load_image,
+                load_label=loaders.load_label,
+                device=str(dev),
+                model_name=model_name,
+                console=console,
+            )
+        except LabelError as exc:  # a label the task cannot use: "<label path>: <problem>"
+            raise UserError(str(exc)) from exc
     console.print(
         f"{task.name}: {results.metric} {results.summary} over seeds {list(seeds)} -> {output}/"
     )

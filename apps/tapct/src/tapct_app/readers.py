@@ -21,7 +21,11 @@ class ScanLoaders:
     :func:`tapct_app.intensity.model_normalize`; default the paper's). Labels are read
     with ``tapct_data.read_label`` resampled (nearest)
     onto the image's grid, so a label stored in another orientation (e.g. LAS for a DICOM
-    series) lines up. Read errors become one-line :class:`~tapct_app.errors.UserError`.
+    series) lines up. Before that, ``tapct_eval.check_label_image`` refuses a label that
+    is an image (a CT given as the label) or does not lie on its image (another scan's
+    label), and warns when it covers only part of it: the one check of every command that
+    pairs a label with an image (``benchmark``, ``retrieve``). Read errors become one-line
+    :class:`~tapct_app.errors.UserError`.
     The last image volume is cached so that a label read right after its image does not
     read the image twice.
     """
@@ -62,10 +66,26 @@ class ScanLoaders:
 
         Returns:
             The tensor.
+
+        Raises:
+            UserError: An unreadable label, an image given as the label, or a label that
+                does not lie on its image (``tapct_eval.check_label_image``).
         """
-        from tapct_data import read_label
+        from tapct_data import read_label, resample_label
+        from tapct_eval import check_label_image
 
         reference = self.volume(image_path)
         with user_errors_from(path):
-            label = read_label(path, reference=reference)
+            native = read_label(path)
+            check_label_image(
+                native.data[0],
+                native.affine,
+                reference.shape,
+                reference.affine,
+                label_path=path,
+                image_path=image_path,
+                # A SEG's grid spans only its frames with a segment: short cover expected.
+                sparse_frames=native.metadata.get("format") == "dicom-seg",
+            )
+            label = resample_label(native, reference)
         return label.data[0].long()

@@ -78,7 +78,7 @@ if TYPE_CHECKING:
         compute_fingerprint,
         compute_foreground_stats,
     )
-    from .io import read_label, read_volume, write_volume
+    from .io import read_label, read_volume, resample_label, write_volume
     from .normalize import ClipNormalize, NormalizeConfig
     from .sampler import IterationBatchSampler
     from .store import (
@@ -94,6 +94,7 @@ _LAZY = {
     "PretrainSlabDataset": "dataset",
     "read_label": "io",
     "read_volume": "io",
+    "resample_label": "io",
     "write_volume": "io",
     "ClipNormalize": "normalize",
     "NormalizeConfig": "normalize",
@@ -182,6 +183,7 @@ __all__ = [
     "read_label",
     "read_scan",
     "read_volume",
+    "resample_label",
     "resample_to_spacing",
     "resize_for_eval",
     "resized_crop3d",

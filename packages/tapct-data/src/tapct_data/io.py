@@ -20,7 +20,7 @@ from .errors import LabelMapError, NotCTError, NotCTWarning
 from .formats import image_format
 from .volume import Volume
 
-__all__ = ["read_label", "read_volume", "write_volume"]
+__all__ = ["read_label", "read_volume", "resample_label", "write_volume"]
 
 # HU plausibility rule for files without a Modality: a CT in HU contains air, fat or lung,
 # so its 1st percentile lies below this value. MR, PET, or CT stored without its rescale
@@ -246,19 +246,41 @@ def read_label(
             raise ValueError(f"{path}: label map has non-integer values")
         array = np.round(array).astype(np.int64)
     data, affine = canonicalize(array, affine)
-    labels = torch.from_numpy(data.astype(np.int64))
-    if reference is not None and not _same_grid(
-        labels.shape, affine, reference.shape, reference.affine
-    ):
-        labels = _nearest_onto(labels, affine, reference)
-        affine = reference.affine.copy()
-        meta["resampled"] = "nearest neighbour onto the reference grid"
-    return Volume(
-        data=labels[None],
+    label = Volume(
+        data=torch.from_numpy(data.astype(np.int64))[None],
         spacing=spacing_of(affine),
         affine=affine,
         source=str(path),
         metadata=meta,
+    )
+    return label if reference is None else resample_label(label, reference)
+
+
+def resample_label(label: Volume, reference: Volume) -> Volume:
+    """Put a label map on a reference grid (nearest neighbour in world coordinates).
+
+    The second half of ``read_label(path, reference)``, for callers that inspect the label
+    on its own grid first (e.g. its overlap with the image).
+
+    Args:
+        label: A label `Volume` (``data (1, D, H, W)`` integer ids), e.g. from `read_label`.
+        reference: The image volume to align to.
+
+    Returns:
+        ``label`` itself when the grids agree (shape, and affine within 0.01 mm); else a
+        new `Volume` on the reference grid, voxels outside the label's field 0, with
+        ``metadata["resampled"]`` set.
+    """
+    if _same_grid(label.shape, label.affine, reference.shape, reference.affine):
+        return label
+    labels = _nearest_onto(label.data[0], label.affine, reference)
+    affine = reference.affine.copy()
+    return Volume(
+        data=labels[None],
+        spacing=spacing_of(affine),
+        affine=affine,
+        source=label.source,
+        metadata={**label.metadata, "resampled": "nearest neighbour onto the reference grid"},
     )
 
 

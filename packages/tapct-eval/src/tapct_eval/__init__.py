@@ -7,6 +7,15 @@ Needs only the backbone interface (``.patch_size``, ``.embed_dim``, DINOv2's
 from .abmil import ABMIL, ABMILTrainingConfig, predict_abmil, train_abmil
 from .features import ExtractedFeatures, FeatureExtractor, extract_features
 from .figures import plot_retrieval_heatmap, plot_segmentation_overlay
+from .label_checks import (
+    LabelCoverWarning,
+    LabelError,
+    LabelOverlap,
+    check_label_image,
+    image_like_problem,
+    label_overlap,
+    prepare_label,
+)
 from .labels import (
     TOTALSEGMENTATOR_49_CLASSES,
     TOTALSEGMENTATOR_V2_CLASSES,
@@ -50,17 +59,23 @@ __all__ = [
     "FeatureExtractor",
     "FoldSummary",
     "IntensityStats",
+    "LabelCoverWarning",
+    "LabelError",
+    "LabelOverlap",
     "LinearSegmentationProbe",
     "ProbeTrainingConfig",
     "RetrievalResult",
     "TaskFileError",
     "UndefinedMetricWarning",
     "auc_score",
+    "check_label_image",
     "clip_normalize",
     "dice_per_class",
     "evaluate_segmentation",
     "extract_features",
     "first_dot_stem",
+    "image_like_problem",
+    "label_overlap",
     "load_image_monai",
     "load_label_monai",
     "load_task",
@@ -73,6 +88,7 @@ __all__ = [
     "plot_segmentation_overlay",
     "predict_abmil",
     "predict_segmentation",
+    "prepare_label",
     "remap_labels",
     "retrieve_patches",
     "run_benchmark",

@@ -16,9 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, Orientation
+
+from .label_checks import check_label_image
 
 __all__ = ["ClipStats", "IntensityStats", "clip_normalize", "load_image_monai", "load_label_monai"]
 
@@ -83,6 +86,11 @@ def clip_normalize(hu: torch.Tensor, stats: IntensityStats | Sequence[float]) ->
 
 
 def _load_canonical(path: str | Path) -> torch.Tensor:
+    return _load_canonical_with_affine(path)[0]
+
+
+def _load_canonical_with_affine(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
+    """``(1, D, H, W)`` canonical tensor and its ``(4, 4)`` voxel -> world affine (MONAI's)."""
     image = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
     if image.ndim != 4 or image.shape[0] != 1:
         raise ValueError(
@@ -95,7 +103,7 @@ def _load_canonical(path: str | Path) -> torch.Tensor:
             f"{path}: MONAI returned no affine (meta tracking is off); "
             "call monai.data.set_track_meta(True) before loading"
         )
-    return oriented.as_tensor()
+    return oriented.as_tensor(), np.asarray(oriented.affine, dtype=np.float64)
 
 
 def load_image_monai(
@@ -131,15 +139,29 @@ def load_label_monai(path: str | Path, image_path: str | Path | None = None) -> 
 
     Raises:
         ValueError: when the label grid differs from the image's, or values are not integral.
+        LabelError: (a ValueError) when the label looks like an image, or does not lie on
+            its image (see :func:`~tapct_eval.label_checks.check_label_image`).
+
+    Warns:
+        LabelCoverWarning: when the label covers only part of the image.
     """
-    label = _load_canonical(path)[0]
-    if not torch.equal(label, label.round()):
-        raise ValueError(f"{path}: label values are not integers")
+    label, label_affine = _load_canonical_with_affine(path)
+    label = label[0]
     if image_path is not None:
-        image = _load_canonical(image_path)
+        image, image_affine = _load_canonical_with_affine(image_path)
+        check_label_image(
+            label,
+            label_affine,
+            image.shape[1:],
+            image_affine,
+            label_path=path,
+            image_path=image_path,
+        )
         if tuple(image.shape[1:]) != tuple(label.shape):
             raise ValueError(
                 f"{path}: label grid {tuple(label.shape)} differs from image "
                 f"{image_path} grid {tuple(image.shape[1:])}"
             )
+    if not torch.equal(label, label.round()):
+        raise ValueError(f"{path}: label values are not integers")
     return label.to(torch.int64)

@@ -31,7 +31,8 @@ from ._backbone import backbone_patch_size
 from .abmil import ABMILTrainingConfig, predict_abmil, train_abmil
 from .features import ExtractedFeatures, extract_features
 from .figures import plot_retrieval_heatmap, plot_segmentation_overlay
-from .labels import TOTALSEGMENTATOR_49_CLASSES, merge_totalsegmentator_labels, remap_labels
+from .label_checks import prepare_label
+from .labels import TOTALSEGMENTATOR_49_CLASSES
 from .loading import IntensityStats, load_image_monai, load_label_monai
 from .metrics import (
     FoldSummary,
@@ -160,20 +161,18 @@ def _load_case(task, case: BenchmarkCase, load_image, load_label, preprocess):
         )
     label = None
     if case.label is not None:
-        label = torch.as_tensor(load_label(case.label, case.image)).long()
-        if task.label_map == "totalsegmentator_49":
-            label = merge_totalsegmentator_labels(label)
-        elif task.label_map is not None:
-            label = remap_labels(label, task.label_map)
+        label = prepare_label(
+            torch.as_tensor(load_label(case.label, case.image)),
+            case.label,
+            num_classes=task.num_classes,
+            label_map=task.label_map,
+            ignore_index=task.ignore_index,
+            task_file=task.source,
+        )
         if tuple(label.shape) != tuple(image.shape[1:]):
             raise ValueError(
                 f"label {case.label} grid {tuple(label.shape)} differs from image "
                 f"{case.image} grid {tuple(image.shape[1:])}"
-            )
-        if int(label.max()) >= task.num_classes:
-            raise ValueError(
-                f"label {case.label} holds id {int(label.max())} >= num_classes "
-                f"{task.num_classes} (set label_map?)"
             )
     return preprocess(image.float(), label)
 
@@ -184,6 +183,11 @@ def _class_names(task: BenchmarkTask) -> tuple[str, ...]:
     if task.label_map == "totalsegmentator_49" and task.num_classes == 49:
         return TOTALSEGMENTATOR_49_CLASSES
     return tuple(f"class_{i}" for i in range(task.num_classes))
+
+
+def _without_ignored(label: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
+    """Labels with ``ignore_index`` voxels shown as background (for figures)."""
+    return label if ignore_index is None else label.masked_fill(label == ignore_index, 0)
 
 
 def _patch_mask(
@@ -244,6 +248,9 @@ def run_benchmark(
     Raises:
         ValueError: on empty seeds, on loader outputs with wrong shapes/grids, or when
             neither ``load_image`` nor ``intensity`` is given.
+        LabelError: (a ValueError naming the label file) for a label the task cannot
+            use (see :func:`~tapct_eval.label_checks.prepare_label`); every case is
+            loaded and checked before any feature is computed.
         TaskFileError: when ``task`` is a path to an invalid task file.
     """
     task = task if isinstance(task, BenchmarkTask) else load_task(task)
@@ -265,10 +272,13 @@ def run_benchmark(
     name = model_name or type(model).__name__
     out = Path(output_dir)
     cache_dir = out / "features" / name / task.name
+    loaded = {  # every case is loaded (and its label checked) before any feature
+        split: [(c, *_load_case(task, c, load_image, load_label, preprocess)) for c in cases]
+        for split, cases in (("train", task.train), ("test", task.test))
+    }
     data: dict[str, list] = {"train": [], "test": []}
-    for split in ("train", "test"):
-        for case in getattr(task, split):
-            image, label = _load_case(task, case, load_image, load_label, preprocess)
+    for split, items in loaded.items():
+        for case, image, label in items:
             feats = _cached_features(
                 model, image, cache_dir / f"{case.case_id}.pt", task, device, sw_batch_size
             )
@@ -303,10 +313,11 @@ def _run_segmentation(task, model, name, data, seeds, device, out, figures) -> B
             config=config,
             seed=seed,
             device=device,
+            ignore_index=task.ignore_index,
         )
         if first_probe is None:
             first_probe = probe
-        dice = evaluate_segmentation(probe, test_x, test_y)  # (n_cases, C - 1)
+        dice = evaluate_segmentation(probe, test_x, test_y, ignore_index=task.ignore_index)
         case_macro = [
             float(row[~row.isnan()].mean()) if (~row.isnan()).any() else math.nan for row in dice
         ]
@@ -334,6 +345,7 @@ def _run_segmentation(task, model, name, data, seeds, device, out, figures) -> B
         if first_probe is None:
             raise ValueError("seeds must not be empty")
         case, image, label, feats = data["test"][0]
+        label = _without_ignored(label, task.ignore_index)
         pred = predict_segmentation(first_probe, feats["patch_features"], label.shape)
         files["overlay"] = plot_segmentation_overlay(
             image,
@@ -344,6 +356,7 @@ def _run_segmentation(task, model, name, data, seeds, device, out, figures) -> B
             title=f"{task.name}: {case.case_id} (seed {seeds[0]})",
         )
         _, _, train_label, train_feats = data["train"][0]
+        train_label = _without_ignored(train_label, task.ignore_index)
         grid = train_feats["patch_features"].shape[1:]
         counts = torch.bincount(train_label.flatten(), minlength=task.num_classes)[1:]
         for cls in (counts.argsort(descending=True) + 1).tolist():

@@ -4,7 +4,8 @@ One 1x1x1 ``Conv3d`` maps the frozen features ``(B, E, t, h, w)`` to class logit
 patch grid; the logits are upsampled trilinearly to voxels. Training runs on cached
 features with batch size 1 and 4 gradient-accumulation steps (paper C.1); the loss is
 MONAI's ``DiceCELoss`` (softmax, one-hot targets), as in kaiko eva's radiology
-segmentation configs.
+segmentation configs. With an ``ignore_index`` (255 in many segmentation tools' label
+maps), voxels of that value are left out of both loss terms and of the Dice metric.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from collections.abc import Sequence
 import attrs
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
 from ._windows import as_triple
+from .label_checks import bad_label_values
 from .metrics import dice_per_class
 
 __all__ = [
@@ -142,6 +144,7 @@ def train_segmentation_probe(
     config: ProbeTrainingConfig = ProbeTrainingConfig(),
     seed: int = 0,
     device: str | torch.device = "cpu",
+    ignore_index: int | None = None,
 ) -> LinearSegmentationProbe:
     """Train a :class:`LinearSegmentationProbe` on cached frozen features.
 
@@ -151,23 +154,36 @@ def train_segmentation_probe(
 
     Args:
         features: per volume ``(E, t, h, w)`` float features.
-        labels: per volume ``(D, H, W)`` int labels in ``0..num_classes-1``.
+        labels: per volume ``(D, H, W)`` int labels in ``0..num_classes-1`` (or
+            ``ignore_index``).
         num_classes: classes including background.
         patch_size: backbone patch size (see :class:`LinearSegmentationProbe`).
         config: steps, accumulation and optimiser settings.
         seed: seeds the probe initialisation and the visiting order.
         device: where to train.
+        ignore_index: label value of voxels left out of the loss (e.g. 255), or None.
 
     Returns:
         The trained probe (eval mode, on ``device``).
 
     Raises:
-        ValueError: when the lists are empty or of different lengths.
+        ValueError: when the lists are empty or of different lengths, or a label holds
+            values outside ``0..num_classes-1`` other than ``ignore_index`` (checked
+            before training: on a GPU they would end in a device-side assert).
     """
     if not features or len(features) != len(labels):
         raise ValueError(
             f"need as many features as labels (>0), got {len(features)}, {len(labels)}"
         )
+    if ignore_index is not None and 0 <= ignore_index < num_classes:
+        raise ValueError(f"ignore_index {ignore_index} is a class id (num_classes {num_classes})")
+    for i, y in enumerate(labels):
+        bad = bad_label_values(torch.as_tensor(y), num_classes, ignore_index)
+        if bad:
+            raise ValueError(
+                f"labels[{i}] holds values {bad[:8]} outside 0..{num_classes - 1} "
+                f"(ignore_index {ignore_index})"
+            )
     generator = torch.Generator().manual_seed(seed)
     probe = LinearSegmentationProbe(features[0].shape[0], num_classes, patch_size=patch_size)
     probe.reset_parameters(generator)
@@ -184,10 +200,37 @@ def train_segmentation_probe(
             x = features[i].to(device, torch.float32)[None]  # (1, E, t, h, w)
             y = labels[i].to(device).long()
             logits = probe(x, output_size=y.shape)  # (1, K, D, H, W)
-            loss = loss_fn(logits, y[None, None]) / config.accumulation_steps
+            if ignore_index is not None and bool((y == ignore_index).any()):
+                loss = _masked_dice_ce(logits, y, ignore_index) / config.accumulation_steps
+            else:
+                loss = loss_fn(logits, y[None, None]) / config.accumulation_steps
             loss.backward()
         opt.step()
     return probe.eval()
+
+
+def _masked_dice_ce(logits: torch.Tensor, y: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """``DiceCELoss(to_onehot_y=True, softmax=True)`` over the voxels not ``ignore_index``.
+
+    Ignored voxels are zeroed in both the softmax probabilities and the one-hot target
+    (so they add nothing to the Dice sums) and skipped by the cross-entropy mean, which
+    gives the value ``DiceCELoss`` would give on the kept voxels alone.
+
+    Args:
+        logits: ``(1, K, D, H, W)`` float.
+        y: ``(D, H, W)`` int64 labels in ``0..K-1`` or ``ignore_index``.
+        ignore_index: the value to leave out.
+
+    Returns:
+        Scalar loss (Dice + cross-entropy, each a mean, as MONAI's ``DiceCELoss``).
+    """
+    keep = (y != ignore_index)[None, None]  # (1, 1, D, H, W)
+    target = y.masked_fill(~keep[0, 0], 0)
+    probs = torch.softmax(logits, dim=1) * keep
+    onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 0)[None].to(probs.dtype) * keep
+    dice = DiceLoss()(probs, onehot)  # MONAI's defaults, as inside DiceCELoss
+    ce = F.cross_entropy(logits, y[None], ignore_index=ignore_index)
+    return dice + ce
 
 
 @torch.no_grad()
@@ -213,6 +256,8 @@ def evaluate_segmentation(
     probe: LinearSegmentationProbe,
     features: Sequence[torch.Tensor],
     labels: Sequence[torch.Tensor],
+    *,
+    ignore_index: int | None = None,
 ) -> torch.Tensor:
     """Per-case, per-class Dice of a probe (see :func:`~tapct_eval.dice_per_class`).
 
@@ -220,12 +265,18 @@ def evaluate_segmentation(
         probe: trained probe.
         features: per case ``(E, t, h, w)``.
         labels: per case ``(D, H, W)`` int.
+        ignore_index: label value of voxels excluded from the Dice (both prediction and
+            truth are set to background there, which background-free Dice ignores), or None.
 
     Returns:
         ``(n_cases, num_classes - 1)`` float32 with NaN for classes absent in both.
     """
-    rows = [
-        dice_per_class(predict_segmentation(probe, f, y.shape), y.long(), probe.num_classes)
-        for f, y in zip(features, labels)
-    ]
+    rows = []
+    for f, y in zip(features, labels):
+        y = y.long()
+        pred = predict_segmentation(probe, f, y.shape)
+        if ignore_index is not None:
+            ignored = y == ignore_index
+            y, pred = y.masked_fill(ignored, 0), pred.masked_fill(ignored, 0)
+        rows.append(dice_per_class(pred, y, probe.num_classes))
     return torch.stack(rows)

@@ -10,6 +10,7 @@ Schema (paths are relative to the task file)::
     # segmentation
     num_classes: 49                 # required, classes incl. background (after label_map)
     label_map: totalsegmentator_49  # optional: null | totalsegmentator_49 | {old_id: new_id}
+    ignore_index: 255               # optional: label value left out of loss and Dice
     class_names: [...]              # optional, num_classes names
     train: {images: imagesTr, labels: labelsTr}   # folder pair (matched by file name)
     test:  [{image: a.nii.gz, label: a_seg.nii.gz}, ...]   # or an explicit list
@@ -74,6 +75,8 @@ class BenchmarkTask:
         label_map: None, ``"totalsegmentator_49"`` or an id mapping.
         class_names: optional names of the classes.
         in_plane_size: optional in-plane resize ``(h, w)``.
+        ignore_index: label value of voxels left out of loss and Dice (segmentation), or
+            None; never a class id.
         task_type: ``binary``/``multiclass``/``multilabel`` (classification).
         steps: optimizer steps.
         accumulation_steps: micro-batches per step (4 segmentation, 16 classification).
@@ -91,6 +94,7 @@ class BenchmarkTask:
     label_map: str | Mapping[int, int] | None = None
     class_names: tuple[str, ...] | None = None
     in_plane_size: tuple[int, int] | None = None
+    ignore_index: int | None = None
     task_type: str | None = None
     steps: int = 200
     accumulation_steps: int = 4
@@ -278,6 +282,18 @@ def load_task(path: str | Path, *, case_id: Callable[[Path], str] | None = None)
                 "label_map",
                 f"must be null, 'totalsegmentator_49' or a mapping, got {label_map!r}",
             )
+        ignore_index = raw.get("ignore_index")
+        if ignore_index is not None and (
+            not isinstance(ignore_index, int)
+            or isinstance(ignore_index, bool)
+            or 0 <= ignore_index < num_classes
+        ):
+            raise _err(
+                path,
+                "ignore_index",
+                f"must be an int outside the class ids 0..{num_classes - 1} (e.g. 255 or -1), "
+                f"got {ignore_index!r}",
+            )
         names = raw.get("class_names")
         if names is not None and (not isinstance(names, list) or len(names) != num_classes):
             raise _err(path, "class_names", f"must list {num_classes} names")
@@ -285,6 +301,7 @@ def load_task(path: str | Path, *, case_id: Callable[[Path], str] | None = None)
             train=_seg_cases(raw["train"], base, path, "train", stem),
             test=_seg_cases(raw["test"], base, path, "test", stem),
             label_map=label_map,
+            ignore_index=ignore_index,
             class_names=None if names is None else tuple(str(n) for n in names),
             **common,
         )
