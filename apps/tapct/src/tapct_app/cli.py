@@ -177,6 +177,7 @@ def pretrain(
         str | None,
         typer.Option(
             "--init",
+            metavar="SOURCE",
             help="Start student and teacher from weights: a tapct model folder, a hub id "
             "owner/name, or a state-dict file (.pth/.pt/.bin/.safetensors; a 2D DINOv2/timm "
             "ViT is inflated to 3D). A resumed run keeps its checkpoint's weights.",
