@@ -102,6 +102,13 @@ def test_pretrain_init_from_timm_dinov2(dinov2_pth, phantom_store, tiny_sets, tm
         got, src = teacher.state_dict()[name].flatten(), sd[name].flatten()
         assert torch.corrcoef(torch.stack([got, src]))[0, 1] > 0.99, name
     assert (out / "config.yaml").read_text().count(str(path)) == 1
+    # our own training checkpoint is a valid --init too: its teacher is found by name
+    from tapct_app.models import init_backbone
+    from tapct_vit3d import create_model
+
+    (ckpt,) = sorted((out / "checkpoints").glob("checkpoint-*.pt"))
+    report = init_backbone(create_model("tap_s_3d", depth=2), str(ckpt))
+    assert report.prefix == "teacher.backbone." and report.missing == []
 
     # resume wins over --init (said), and export writes the model card
     rc = main(["pretrain", "--data", str(phantom_store), "-o", str(out), "--device", "cpu",
@@ -136,3 +143,33 @@ def test_init_errors_are_one_line(tmp_path, capsys, tiny_sets, phantom_store):
     err = [ln for ln in capsys.readouterr().err.splitlines() if "warning" not in ln]
     assert rc == 2 and len(err) == 1 and "shape mismatches" in err[0], err
     assert not (tmp_path / "o2").exists()
+
+
+def test_load_backbone_resolves_every_kind(tmp_path, monkeypatch):
+    from tapct_app.errors import UserError
+    from tapct_app.models import init_backbone, load_backbone
+    from tapct_vit3d import create_model
+
+    torch.manual_seed(1)
+    meta = {"normalize": {"lower": -1000.0, "upper": 1000.0, "mean": 0.0, "std": 400.0}}
+    folder = create_model("tap_nano_3d").save_pretrained(tmp_path / "m", metadata=meta)
+    x = torch.randn(1, 1, 12, 64, 64)
+    ref, got_meta = load_backbone(str(folder))
+    assert got_meta == meta
+    by_file, _ = load_backbone(str(folder / "model.safetensors"))
+    assert torch.equal(by_file(x), ref(x))
+    with pytest.warns(UserWarning, match="RANDOM"):
+        preset, preset_meta = load_backbone("tap_nano_3d")
+    assert preset_meta == {} and preset.embed_dim == 48
+    hf_home = tmp_path / "hf"
+    _into_hub_cache(hf_home / "hub", "org/nano", folder)
+    _offline(monkeypatch, hf_home)
+    by_id, id_meta = load_backbone("org/nano")
+    assert torch.equal(by_id(x), ref(x)) and id_meta == meta
+    fresh = create_model("tap_nano_3d")
+    assert init_backbone(fresh, "org/nano").layout == "3d"  # --init from a hub id
+    assert torch.equal(fresh.eval()(x), ref(x))
+    with pytest.raises(UserError, match=r"^no/such: no such local folder; as a hub id: "):
+        load_backbone("no/such")
+    with pytest.raises(UserError, match="not a hub id"):
+        load_backbone("./nothing-here")
