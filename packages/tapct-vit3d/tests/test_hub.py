@@ -39,12 +39,24 @@ def test_round_trip_is_exact(tmp_path):
     assert torch.equal(load_pretrained(str(folder / "model.safetensors"))(x), model(x))
 
 
-def test_pickle_only_folder_is_refused(tmp_path):
-    torch.save({"a": torch.zeros(1)}, tmp_path / "pytorch_model.bin")
-    with pytest.raises(ValueError, match="never unpickles"):
-        load_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="pickle"):
-        load_pretrained(tmp_path / "pytorch_model.bin")
+class _NotATensor:
+    """A Python object ``torch.load(weights_only=True)`` must refuse."""
+
+
+def test_state_dict_files_load_without_unpickling_objects(tmp_path):
+    ref = _randomised(create_model("tap_nano_3d"), seed=5)
+    torch.save(ref.state_dict(), tmp_path / "pytorch_model.bin")  # a plain state dict
+    model = load_pretrained(tmp_path, preset="tap_nano_3d")
+    x = torch.randn(1, 1, 12, 64, 64)
+    assert torch.equal(model(x), ref(x))
+    evil = tmp_path / "evil" / "weights.pth"
+    evil.parent.mkdir()
+    torch.save({"model": ref.state_dict(), "args": _NotATensor()}, evil)
+    with pytest.raises(ValueError, match="never unpickled"):
+        load_pretrained(evil, preset="tap_nano_3d")
+    (tmp_path / "w.txt").write_text("x")
+    with pytest.raises(ValueError, match="not a weights file"):
+        load_pretrained(tmp_path / "w.txt", preset="tap_nano_3d")
 
 
 def _dinov2_layout(model: VisionTransformer3d, prefix: str = "") -> dict[str, torch.Tensor]:

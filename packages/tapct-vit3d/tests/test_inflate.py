@@ -143,7 +143,7 @@ def test_inflate_patch_kernel_values():
     ("model_kwargs", "match"),
     [
         ({"num_register_tokens": 0}, "register"),
-        ({"patch_size": (1, 16, 16), "img_size": (1, 64, 64)}, "in-plane"),
+        ({"embed_dim": 96}, "shape mismatches"),
     ],
 )
 def test_mismatches_raise(model_kwargs, match):

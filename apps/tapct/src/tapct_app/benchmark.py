@@ -43,8 +43,8 @@ def benchmark_command(
     from tapct_data import strip_image_suffix
     from tapct_eval import LabelError, load_task, run_benchmark
 
-    from tapct_app.backbone import load_backbone
     from tapct_app.intensity import model_normalize
+    from tapct_app.models import load_backbone
     from tapct_app.outputs import atomic_output_dir
     from tapct_app.readers import ScanLoaders
     from tapct_app.train.distributed import resolve_device
@@ -60,7 +60,7 @@ def benchmark_command(
         dev = resolve_device(device)
     except ValueError as exc:
         raise UserError(f"--device: {exc}") from exc
-    backbone = load_backbone(model, dev)
+    backbone, _ = load_backbone(model, dev)
     patch = tuple(int(p) for p in backbone.patch_size)
     if any(r % p for r, p in zip(task.roi_size, patch, strict=True)):
         raise UserError(

@@ -173,6 +173,16 @@ def pretrain(
     ] = None,
     include: _Include = None,
     exclude: _Exclude = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init",
+            metavar="SOURCE",
+            help="Start student and teacher from weights: a tapct model folder, a hub id "
+            "owner/name, or a state-dict file (.pth/.pt/.bin/.safetensors; a 2D DINOv2/timm "
+            "ViT is inflated to 3D). A resumed run keeps its checkpoint's weights.",
+        ),
+    ] = None,
 ) -> None:
     """3D DINOv2 pretraining (paper Table 7). With no arguments: a short CPU demo on phantoms.
 
@@ -199,11 +209,18 @@ def pretrain(
             *([f"data.on_error={on_error}"] if on_error else []),
             *([f"data.include={json.dumps(include)}"] if include else []),
             *([f"data.exclude={json.dumps(exclude)}"] if exclude else []),
+            *([f"model.init={json.dumps(_init_source(init))}"] if init else []),
             *(set_ or []),
         ],
         console=_console(),
         intensity_stats=intensity_stats,
     )
+
+
+def _init_source(init: str) -> str:
+    """An existing local ``--init`` path made absolute (runs resume from elsewhere)."""
+    path = Path(init).expanduser()
+    return str(path.resolve()) if path.exists() else init
 
 
 @app.command()
@@ -233,7 +250,12 @@ def embed(
         ),
     ],
     model: Annotated[
-        str, typer.Option("--model", "-m", help="Model directory (save_pretrained) or a preset.")
+        str,
+        typer.Option(
+            "--model", "-m",
+            help="Model folder (save_pretrained), weights file, hub id owner/name (cache or "
+            "download; HF_HUB_OFFLINE=1 honoured) or a preset.",
+        ),
     ],
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Output folder (a rerun adds to it, resumes).")
@@ -309,7 +331,12 @@ def _parse_pair(text: str | None, option: str) -> tuple[int, int] | None:
 def benchmark(
     task_file: Annotated[Path, typer.Argument(help="Task file (YAML/JSON) for tapct_eval.")],
     model: Annotated[
-        str, typer.Option("--model", "-m", help="Model directory (save_pretrained) or a preset.")
+        str,
+        typer.Option(
+            "--model", "-m",
+            help="Model folder (save_pretrained), weights file, hub id owner/name (cache or "
+            "download; HF_HUB_OFFLINE=1 honoured) or a preset.",
+        ),
     ],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Results directory.")
@@ -451,7 +478,12 @@ def retrieve(
     query_mask: Annotated[Path, typer.Argument(help="Lesion mask on the initial scan.")],
     target_scan: Annotated[Path, typer.Argument(help="The follow-up scan.")],
     model: Annotated[
-        str, typer.Option("--model", "-m", help="Model directory (save_pretrained) or a preset.")
+        str,
+        typer.Option(
+            "--model", "-m",
+            help="Model folder (save_pretrained), weights file, hub id owner/name (cache or "
+            "download; HF_HUB_OFFLINE=1 honoured) or a preset.",
+        ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory.")],
     top_k: Annotated[int, typer.Option(help="Number of best-matching patches.")] = 10,

@@ -546,7 +546,7 @@ def embed_command(
     """
     import torch
 
-    from tapct_app.backbone import load_backbone
+    from tapct_app.models import load_backbone
     from tapct_app.train.distributed import resolve_device
 
     if not 0.0 <= overlap < 1.0:
@@ -569,7 +569,7 @@ def embed_command(
         dev = resolve_device(device)
     except ValueError as exc:
         raise UserError(f"--device: {exc}") from exc
-    backbone = load_backbone(model, dev)
+    backbone, _ = load_backbone(model, dev)
     patch = tuple(int(p) for p in backbone.patch_size)
     roi_size = tuple(roi) if roi is not None else tuple(int(s) for s in backbone.img_size)
     if any(r % p for r, p in zip(roi_size, patch, strict=True)):

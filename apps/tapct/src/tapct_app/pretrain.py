@@ -175,8 +175,22 @@ def pretrain_command(
     demo = not cfg.data.sources
     if output is None:
         output = DEMO_OUTPUT if demo else DEFAULT_OUTPUT
+    requested_init = cfg.model.init
+    if requested_init is not None:
+        from tapct_app.models import check_init_source
+
+        check_init_source(requested_init)
     if resume:
         cfg = _config_for_resume(cfg, output, console)
+        if requested_init is not None:
+            from tapct_app.train.checkpoint import latest_checkpoint
+
+            if latest_checkpoint(output / "checkpoints") is not None:
+                console.print(
+                    f"resuming {output}: the checkpoint's weights win over --init "
+                    f"{requested_init} (not loaded)", markup=False, highlight=False,
+                    soft_wrap=True,
+                )
     created = not output.exists()
     if demo:
         console.print(
@@ -242,7 +256,40 @@ def export_command(checkpoint: Path, output: Path, which: str, console: Any) -> 
     prefix = "backbone."
     weights = {k[len(prefix) :]: v for k, v in state[which].items() if k.startswith(prefix)}
     backbone.load_state_dict(weights, strict=True)
+    card = {
+        "base_model": cfg.model.init,
+        "training": config_to_dict(cfg),
+        "data": _data_statistics(cfg, state, path.parent.parent),
+        "tags": [cfg.model.name, f"{which}-backbone"],
+        "title": output.name,
+    }
     with atomic_output_dir(output) as tmp:
-        backbone.save_pretrained(tmp, metadata=model_metadata(cfg.data.normalize))
+        backbone.save_pretrained(tmp, metadata=model_metadata(cfg.data.normalize),
+                                 model_card=card)
     console.print(f"exported the {which} backbone of {path} (iteration {state['iteration']}) "
-                  f"to {output}/")
+                  f"to {output}/ (model.safetensors, config.json, README.md model card)")
+
+
+def _data_statistics(cfg: PretrainConfig, state: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The model card's data table: sources, scans, samples seen, slab, crops, intensities."""
+    from tapct_data import is_zarr_store, open_stores
+
+    n = cfg.data.normalize
+    stats: dict[str, Any] = {
+        "sources": ", ".join(cfg.data.sources) or "built-in CT phantoms (demo)",
+        "iterations trained": f"{int(state['iteration'])} of {cfg.train.iterations}",
+        "samples seen": int(state.get("samples_seen", 0)),
+        "slab (slices x H0 x W0)": f"{cfg.data.slab_depth} x {cfg.data.in_plane_size[0]} x "
+                                   f"{cfg.data.in_plane_size[1]}",
+        "global / local crops (D, H, W)": f"{tuple(cfg.crops.global_crops_size)} / "
+                                          f"{tuple(cfg.crops.local_crops_size)}",
+        "intensity window (HU)": f"[{n.lower}, {n.upper}], mean {n.mean}, std {n.std}",
+    }
+    stores = [Path(s) for s in cfg.data.sources if is_zarr_store(Path(s))]
+    stores += sorted((run_dir / "cache").glob("*.zarr"))
+    try:
+        if stores:
+            stats["scans (in the stores)"] = len(open_stores(stores))
+    except (OSError, ValueError):
+        pass  # stores moved since training: the sources above still say what was used
+    return stats

@@ -61,8 +61,8 @@ def retrieve_command(
         retrieve_patches,
     )
 
-    from tapct_app.backbone import load_backbone
     from tapct_app.intensity import model_normalize
+    from tapct_app.models import load_backbone
     from tapct_app.outputs import atomic_output_dir
     from tapct_app.readers import ScanLoaders
     from tapct_app.scans import check_inputs_exist
@@ -75,7 +75,7 @@ def retrieve_command(
         dev = resolve_device(device)
     except ValueError as exc:
         raise UserError(f"--device: {exc}") from exc
-    backbone = load_backbone(model, dev)
+    backbone, _ = load_backbone(model, dev)
     patch = backbone.patch_size  # (pd, ph, pw) ints
     roi_size = tuple(roi) if roi is not None else tuple(int(s) for s in backbone.img_size)
     if any(r % p for r, p in zip(roi_size, patch, strict=True)):

@@ -16,7 +16,7 @@ from torch import nn
 
 from ._checks import as_triple
 
-__all__ = ["PatchEmbed3d", "patch_grid"]
+__all__ = ["PatchEmbed3d", "patch_grid", "resample_patch_embed"]
 
 
 def patch_grid(
@@ -106,3 +106,62 @@ class PatchEmbed3d(nn.Module):
         )
         weight = self.proj.weight.flatten(1)  # (E, C*pd*ph*pw), same (c pt ph pw) order
         return F.linear(patches, weight, self.proj.bias), grid
+
+
+def _resize_matrix(
+    old: tuple[int, int], new: tuple[int, int], interpolation: str, antialias: bool
+) -> torch.Tensor:
+    """Matrix ``(new_h * new_w, old_h * old_w)`` of ``F.interpolate`` on ``old`` images."""
+    n_old = old[0] * old[1]
+    basis = torch.eye(n_old, dtype=torch.float32).reshape(n_old, 1, *old)
+    resized = F.interpolate(basis, size=new, mode=interpolation, antialias=antialias,
+                            align_corners=False)  # (n_old, 1, new_h, new_w)
+    return resized.reshape(n_old, new[0] * new[1]).T
+
+
+def resample_patch_embed(
+    weight: torch.Tensor,
+    new_size: Sequence[int],
+    interpolation: str = "bicubic",
+    antialias: bool = True,
+) -> torch.Tensor:
+    """Resample a patch kernel to another in-plane patch size, FlexiViT's pseudo-inverse.
+
+    Resizing an input patch ``x`` from ``(ph, pw)`` to ``(ph', pw')`` is linear,
+    ``x' = B x``; the new kernel ``w'`` is chosen so that ``<x', w'> = <x, w>`` for every
+    patch, in the least-squares sense: ``w' = pinv(B^T) w``. A model given inputs resized
+    by the same factor as its patches then computes the same tokens (exactly when
+    upsampling the patch, approximately when downsampling, e.g. DINOv2's 14 to 8).
+    A 3D kernel ``(E, C, pd, ph, pw)`` is resampled slice by slice in-plane (depth kept).
+
+    Args:
+        weight: Kernel ``(E, C, ph, pw)`` or ``(E, C, pd, ph, pw)``, any float dtype.
+        new_size: Target in-plane patch size ``(ph', pw')``.
+        interpolation: ``F.interpolate`` mode of the resize ``B`` (``"bicubic"`` as
+            timm, ``"bilinear"`` as big_vision).
+        antialias: Anti-aliasing of the resize (True, as timm and big_vision).
+
+    Returns:
+        Kernel ``(E, C, ph', pw')`` or ``(E, C, pd, ph', pw')``, the input's dtype and
+        device (computed in float32). The same tensor when the size is unchanged.
+
+    Raises:
+        ValueError: If ``weight`` is not 4D or 5D or ``new_size`` is not two positive ints.
+
+    References:
+        Beyer et al. 2023, *FlexiViT: One Model for All Patch Sizes*, section 3.4;
+        big_vision ``models/proj/flexi/vit.py`` ``resample_patchemb``; timm
+        ``timm.layers.resample_patch_embed`` (identical result, tested).
+    """
+    if weight.ndim not in (4, 5):
+        raise ValueError(f"patch kernel must be 4D or 5D, got shape {tuple(weight.shape)}")
+    size = tuple(int(s) for s in new_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"new_size must be two positive ints (ph, pw), got {new_size!r}")
+    old = (int(weight.shape[-2]), int(weight.shape[-1]))
+    if old == size:
+        return weight
+    matrix = _resize_matrix(old, (size[0], size[1]), interpolation, antialias)
+    pinv = torch.linalg.pinv(matrix).to(weight.device)  # (n_old, n_new)
+    flat = weight.reshape(*weight.shape[:-2], old[0] * old[1]).float()
+    return (flat @ pinv).reshape(*weight.shape[:-2], *size).to(weight.dtype)

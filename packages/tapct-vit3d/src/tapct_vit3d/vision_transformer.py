@@ -20,7 +20,9 @@ import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
+from . import hub
 from ._checks import as_triple
+from ._state_dict import LoadReport
 from .block import Block, LayerScale
 from .patch_embed import PatchEmbed3d, patch_grid
 from .pos_embed import resample_pos_embed
@@ -507,26 +509,34 @@ class VisionTransformer3d(nn.Module):
 
     # -------------------------------------------------------------- weights
     def save_pretrained(
-        self, save_directory: str | Path, metadata: Mapping[str, Any] | None = None
+        self,
+        save_directory: str | Path,
+        metadata: Mapping[str, Any] | None = None,
+        model_card: Mapping[str, Any] | None = None,
     ) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` to ``save_directory``.
+        """Write ``model.safetensors``, ``config.json`` and optionally a model card.
 
-        ``metadata`` (JSON-serialisable) goes under ``config.json``'s ``"tapct"`` key; see
+        ``metadata`` (JSON-serialisable) goes under ``config.json``'s ``"tapct"`` key;
+        ``model_card`` holds :func:`tapct_vit3d.write_model_card`'s keyword arguments. See
         :func:`tapct_vit3d.save_pretrained` and :func:`tapct_vit3d.read_model_metadata`.
         """
-        from .hub import save_pretrained
-
-        return save_pretrained(self, save_directory, metadata)
+        return hub.save_pretrained(self, save_directory, metadata, model_card)
 
     @classmethod
     def from_pretrained(cls, dir_or_hub_id: str | Path, **kwargs: Any) -> VisionTransformer3d:
-        """Load a model written by :meth:`save_pretrained`, a local folder or a hub id.
+        """Load a model folder, a weights file or a hub id (``tapct_vit3d.load_pretrained``).
 
-        See :func:`tapct_vit3d.load_pretrained` for the arguments and errors.
+        See :func:`tapct_vit3d.hub.from_pretrained` for the arguments and errors.
         """
-        from .hub import load_pretrained
+        return hub.from_pretrained(cls, dir_or_hub_id, **kwargs)
 
-        return load_pretrained(dir_or_hub_id, **kwargs)
+    def load_weights(self, source: Any, **kwargs: Any) -> LoadReport:
+        """Load a checkpoint of any supported layout into this model in place.
+
+        See :func:`tapct_vit3d.load_weights` (2D inflation, prefix detection, resampling,
+        ``strict=False`` for initialising pretraining).
+        """
+        return hub.load_weights(self, source, **kwargs)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> VisionTransformer3d:

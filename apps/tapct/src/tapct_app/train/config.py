@@ -88,6 +88,10 @@ class ModelConfig:
             ``true``/1 every block (the least memory), ``N`` every N-th block. Trades
             about one extra forward of the blocks for most of their activation memory;
             the result is the same (the recomputation sees the same drop-path draws).
+        init: Weights a new run starts the student and the teacher from
+            (``tapct pretrain --init``): a tapct model folder, a hub id, or a weights file
+            (ours, a DINOv2-style 3D checkpoint, or a 2D DINOv2/timm ViT state dict,
+            inflated to 3D). None: random initialisation. A resumed run ignores it.
     """
 
     name: str = "tap_b_3d"
@@ -96,6 +100,7 @@ class ModelConfig:
     grad_checkpointing: int = attrs.field(
         default=0, converter=int, validator=attrs.validators.ge(0)
     )
+    init: str | None = None
 
 
 @attrs.frozen

@@ -303,6 +303,10 @@ def _run(
         if console is not None:
             console.print(f"resuming from {latest} at iteration {run.iteration}")
         del saved
+    elif config.model.init:  # a new run: student and teacher from --init (resume wins)
+        from tapct_app.models import init_pretraining
+
+        init_pretraining(parts.objective, config.model.init, console)
     wrap_ddp(parts, dist)
     if dist.is_main:
         _write_config(config, output)
