@@ -43,10 +43,11 @@ def benchmark_command(
     from tapct_eval import load_task, run_benchmark
 
     from tapct_app.backbone import load_backbone
+    from tapct_app.devices import resolve_device
     from tapct_app.intensity import model_normalize
     from tapct_app.outputs import atomic_output_dir
+    from tapct_app.progress import CommandProgress
     from tapct_app.readers import ScanLoaders
-    from tapct_app.train.distributed import resolve_device
 
     if not task_file.is_file():
         raise UserError(f"{task_file}: no such task file")
@@ -69,7 +70,11 @@ def benchmark_command(
     output = output or Path("runs/benchmark") / task.name
     loaders = ScanLoaders(model_normalize(model, intensity_stats))
     model_name = Path(model).name if Path(model).exists() else str(model)
-    with atomic_output_dir(output) as tmp:
+    # One step of progress: the features of one case, or one optimizer step of a head.
+    with (
+        atomic_output_dir(output) as tmp,
+        CommandProgress(console, "benchmark", unit="steps") as progress,
+    ):
         results = run_benchmark(
             task,
             backbone,
@@ -80,6 +85,7 @@ def benchmark_command(
             device=str(dev),
             model_name=model_name,
             console=console,
+            progress=progress,
         )
     console.print(
         f"{task.name}: {results.metric} {results.summary} over seeds {list(seeds)} -> {output}/"

@@ -9,7 +9,7 @@ segmentation configs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import torch
@@ -142,6 +142,7 @@ def train_segmentation_probe(
     config: ProbeTrainingConfig = ProbeTrainingConfig(),
     seed: int = 0,
     device: str | torch.device = "cpu",
+    on_step: Callable[[int], None] | None = None,
 ) -> LinearSegmentationProbe:
     """Train a :class:`LinearSegmentationProbe` on cached frozen features.
 
@@ -157,6 +158,8 @@ def train_segmentation_probe(
         config: steps, accumulation and optimiser settings.
         seed: seeds the probe initialisation and the visiting order.
         device: where to train.
+        on_step: called with the number of optimizer steps done after each step
+            (progress reporting).
 
     Returns:
         The trained probe (eval mode, on ``device``).
@@ -175,7 +178,7 @@ def train_segmentation_probe(
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.AdamW(probe.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     order: list[int] = []
-    for _ in range(config.steps):
+    for step in range(config.steps):
         opt.zero_grad(set_to_none=True)
         for _ in range(config.accumulation_steps):
             if not order:
@@ -187,6 +190,8 @@ def train_segmentation_probe(
             loss = loss_fn(logits, y[None, None]) / config.accumulation_steps
             loss.backward()
         opt.step()
+        if on_step is not None:
+            on_step(step + 1)
     return probe.eval()
 
 

@@ -1,0 +1,109 @@
+"""CLI conventions: readable help, shell completion, progress, the TensorBoard note."""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+
+import pytest
+from rich.console import Console
+from tapct_app.cli import app, main
+from tapct_app.progress import CommandProgress
+from typer.testing import CliRunner
+
+COMMANDS = ["", "pretrain", "export", "embed", "benchmark", "preprocess", "fingerprint",
+            "models", "configs", "retrieve"]  # fmt: skip
+PYTHON_TYPE = re.compile(r"<\w+(\[.*?\])?>|\b(list|tuple|dict)\[|\bNoneType\b")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_shows_no_python_type_names(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main([*([command] if command else []), "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--help" in text
+    assert not PYTHON_TYPE.search(text), PYTHON_TYPE.search(text)
+
+
+def test_help_metavars_are_readable(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    main(["embed", "--help"])
+    text = capsys.readouterr().out
+    assert "Usage: tapct embed [OPTIONS] {SCAN}..." in text
+    for option, metavar in [("--roi", "D,H,W"), ("--in-plane", "H,W"), ("--workers", "N"),
+                            ("--output", "PATH"), ("--include", "GLOB")]:  # fmt: skip
+        assert re.search(rf"{option}\s+(-\w\s+)?{re.escape(metavar)}\s", text), option
+
+
+def test_shell_completion_script_and_completions():
+    runner = CliRunner()
+    script = runner.invoke(app, ["--show-completion", "bash"], prog_name="tapct")
+    assert script.exit_code == 0
+    assert "complete -o default -F _tapct_completion tapct" in script.output
+    # What the installed script asks the program: the candidates for a partial word.
+    env = {"_TAPCT_COMPLETE": "complete_bash", "COMP_WORDS": "tapct emb", "COMP_CWORD": "1"}
+    assert runner.invoke(app, [], env=env, prog_name="tapct").output.split() == ["embed"]
+    env = {"_TAPCT_COMPLETE": "complete_bash", "COMP_WORDS": "tapct embed --ro",
+           "COMP_CWORD": "2"}  # fmt: skip
+    assert runner.invoke(app, [], env=env, prog_name="tapct").output.split() == ["--roi"]
+
+
+def _plain_console() -> tuple[Console, io.StringIO]:
+    buf = io.StringIO()
+    console = Console(file=buf, width=40, force_terminal=False, highlight=False)
+    console.soft_wrap = True  # as tapct_app.cli._console() sets it without a terminal
+    return console, buf
+
+
+def test_plain_progress_lines_are_whole_on_a_narrow_console():
+    console, buf = _plain_console()
+    details = "a/very/long/path/to/some/scan/that/is/far/wider/than/forty/columns.nii.gz"
+    with CommandProgress(console, "preprocess") as progress:
+        for done in range(1, 41):
+            progress(done, 40, details if done == 40 else "")
+    lines = buf.getvalue().splitlines()
+    # One line per 5 %: the first unit, every 2 more (of 40), the last; each whole and plain.
+    assert [int(ln.split()[1].split("/")[0]) for ln in lines] == [*range(1, 40, 2), 40]
+    plain = r"preprocess: \d+/40 scans \(\d+%\), [\d.]+ scans/s, eta \d:\d\d:\d\d(, .*)?"
+    assert all(re.fullmatch(plain, ln) for ln in lines), lines
+    assert lines[-1].startswith("preprocess: 40/40 scans (100%), ")
+    assert lines[-1].endswith(f", eta 0:00:00, {details}")
+
+
+def test_pretrain_progress_and_tensorboard_note_without_a_terminal(tiny_config, tmp_path,
+                                                                   monkeypatch):  # fmt: skip
+    from tapct_app.train.loop import run_pretraining
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
+    console, buf = _plain_console()
+    run_pretraining(tiny_config(2), tmp_path / "run", console=console)
+    lines = buf.getvalue().splitlines()
+    note = [ln for ln in lines if ln.startswith("TensorBoard: off")]
+    assert note == [
+        "TensorBoard: off (the tensorboard package is not installed; pip install "
+        "'tapct[tensorboard]' or uv sync --extra tensorboard to write "
+        f"{tmp_path / 'run' / 'tensorboard'}); metrics go to {tmp_path / 'run' / 'metrics.jsonl'}"
+    ]
+    bars = [ln for ln in lines if ln.startswith("pretrain: ")]
+    assert [b.split(" it ")[0] for b in bars] == ["pretrain: 1/2", "pretrain: 2/2"]
+    for line in bars:  # the whole line: count, rate, ETA, every loss, lr, throughput
+        assert re.fullmatch(
+            r"pretrain: \d/2 it \(\d+%\), [\d.]+ it/s, eta \S+, loss [\d.]+  dino_l [\d.]+"
+            r"  dino_g [\d.]+  koleo -?[\d.]+  ibot [\d.]+  lr [\d.e+-]+  [\d.]+ samples/s",
+            line,
+        ), line
+
+
+def test_fingerprint_progress_lines_are_uncut(tmp_path, capsys, monkeypatch):
+    from tapct_app.train.data import write_demo_phantoms
+
+    write_demo_phantoms(tmp_path / "scans", 2, (8, 24, 24), seed=0)
+    monkeypatch.setenv("COLUMNS", "40")  # the console of a 40-column job log
+    args = ["fingerprint", str(tmp_path / "scans"), "--workers", "1", "--samples-per-scan", "100"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("fingerprint: 1/2 scans (50%), ")
+    assert lines[1].startswith("fingerprint: 2/2 scans (100%), ") and "eta 0:00:00" in lines[1]
+    assert lines[2].startswith("fingerprint of 2 scan(s), ") and lines[2].endswith(")")
+    assert len(lines[2]) > 100  # one line, not wrapped at 40 columns
