@@ -12,7 +12,7 @@ import os
 import sys
 import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -43,7 +43,7 @@ METAVARS = {
 }
 
 
-def _kind(param: typer.core.click.Parameter) -> str:
+def _kind(param: Any) -> str:
     """``path``, ``integer``, ``float``, ``boolean`` or ``text`` (of a list: its items)."""
     desc = getattr(param, "type_descriptor", None)  # Typer >= 0.20
     if desc is None:
@@ -56,7 +56,7 @@ def _kind(param: typer.core.click.Parameter) -> str:
     return {int: "integer", float: "float", bool: "boolean"}.get(item, "text")
 
 
-def _readable_metavar(param: typer.core.click.Parameter) -> None:
+def _readable_metavar(param: Any) -> None:
     """Help shows ``PATH``, ``N``, ``D,H,W`` or a name, never Python types (``<list[Path]>``).
 
     The metavar comes from :data:`METAVARS`, else from the type: flags show none, paths
@@ -82,11 +82,11 @@ def _readable_metavar(param: typer.core.click.Parameter) -> None:
         param.display_type_rich = lambda ctx: shown or None  # type: ignore[method-assign]
 
 
-def _with_readable_metavars(command: typer.core.click.Command) -> None:
+def _with_readable_metavars(command: Any) -> None:
     """Make ``command.get_params`` (what help lists, ``--help`` included) readable."""
     get_params = command.get_params
 
-    def readable(ctx: typer.core.click.Context) -> list[typer.core.click.Parameter]:
+    def readable(ctx: Any) -> list[Any]:
         params = get_params(ctx)
         for param in params:
             _readable_metavar(param)
