@@ -107,3 +107,29 @@ def test_fingerprint_progress_lines_are_uncut(tmp_path, capsys, monkeypatch):
     assert lines[1].startswith("fingerprint: 2/2 scans (100%), ") and "eta 0:00:00" in lines[1]
     assert lines[2].startswith("fingerprint of 2 scan(s), ") and lines[2].endswith(")")
     assert len(lines[2]) > 100  # one line, not wrapped at 40 columns
+
+
+def test_benchmark_reports_progress_per_case_and_step(tmp_path, capsys, monkeypatch):
+    from tapct_data import write_volume
+    from tapct_data.phantom import PHANTOM_LABELS, make_phantom
+
+    cases = []
+    for i in range(3):
+        image, labels = make_phantom(shape=(8, 32, 32), seed=i)
+        write_volume(image, tmp_path / f"ct{i}.nii.gz")
+        write_volume(labels, tmp_path / f"seg{i}.nii.gz")
+        cases.append(f"{{image: ct{i}.nii.gz, label: seg{i}.nii.gz}}")
+    (tmp_path / "task.yaml").write_text(
+        f"name: phantoms\nkind: segmentation\nroi_size: [4, 32, 32]\n"
+        f"num_classes: {len(PHANTOM_LABELS)}\nsteps: 3\naccumulation_steps: 1\n"
+        f"train: [{cases[0]}, {cases[1]}]\ntest: [{cases[2]}]\n"
+    )
+    monkeypatch.setenv("COLUMNS", "40")
+    args = ["benchmark", str(tmp_path / "task.yaml"), "--model", "tap_nano_3d", "--seeds", "0",
+            "--device", "cpu", "-o", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("benchmark: ")]
+    # 3 cases' features + 1 seed x 3 steps = 6 units; a line each (every 5 % of 6 is 1).
+    assert [ln.split(" steps ")[0] for ln in lines] == [f"benchmark: {k}/6" for k in range(1, 7)]
+    assert lines[0].endswith(", features of train case ct0")
+    assert lines[-1].endswith(", eta 0:00:00, seed 0: step 3/3")
