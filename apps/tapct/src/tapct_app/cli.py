@@ -93,6 +93,9 @@ def _with_readable_metavars(command: Any) -> None:
         return params
 
     command.get_params = readable  # type: ignore[method-assign]
+    for sub in getattr(command, "commands", {}).values():  # a group's own commands
+        if sub is not command:
+            _with_readable_metavars(sub)
 
 
 class _Group(typer.core.TyperGroup):
@@ -100,8 +103,7 @@ class _Group(typer.core.TyperGroup):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        for command in (self, *self.commands.values()):
-            _with_readable_metavars(command)
+        _with_readable_metavars(self)
 
 
 app = typer.Typer(

@@ -40,7 +40,6 @@ import attrs
 import numpy as np
 from tapct_data import AIR_HU, ScanSource
 from tapct_data.faults import fault_point
-from tapct_eval.figures import pca_rgb, plot_pca_planes
 
 from tapct_app.errors import UserError, one_line, user_errors_from
 from tapct_app.progress import CommandProgress
@@ -560,6 +559,8 @@ def _commit_scan(
     }
     published = [(tmp, output / file)]
     if pca:
+        from tapct_eval.figures import pca_rgb, plot_pca_planes  # matplotlib: only when drawing
+
         png = f"{name}_pca.png"
         tmp_png = _tmp_name(output, png)
         rgb = pca_rgb(patch_features.numpy())
