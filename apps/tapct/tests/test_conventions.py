@@ -36,10 +36,14 @@ def test_help_metavars_are_readable(capsys, monkeypatch):
         assert re.search(rf"{option}\s+(-\w\s+)?{re.escape(metavar)}\s", text), option
 
 
-def test_shell_completion_script_and_completions():
+def test_shell_completion_script_and_completions(monkeypatch):
+    import shellingham
+
+    # --show-completion is a flag: Typer detects the user's shell (shellingham); say bash.
+    monkeypatch.setattr(shellingham, "detect_shell", lambda *a, **k: ("bash", "/bin/bash"))
     runner = CliRunner()
-    script = runner.invoke(app, ["--show-completion", "bash"], prog_name="tapct")
-    assert script.exit_code == 0
+    script = runner.invoke(app, ["--show-completion"], prog_name="tapct")
+    assert script.exit_code == 0, (script.output, script.exception)
     assert "complete -o default -F _tapct_completion tapct" in script.output
     # What the installed script asks the program: the candidates for a partial word.
     env = {"_TAPCT_COMPLETE": "complete_bash", "COMP_WORDS": "tapct emb", "COMP_CWORD": "1"}
