@@ -137,3 +137,21 @@ def test_benchmark_reports_progress_per_case_and_step(tmp_path, capsys, monkeypa
     assert [ln.split(" steps ")[0] for ln in lines] == [f"benchmark: {k}/6" for k in range(1, 7)]
     assert lines[0].endswith(", features of train case ct0")
     assert lines[-1].endswith(", eta 0:00:00, seed 0: step 3/3")
+
+
+def test_inference_commands_take_the_device_from_devices_not_the_training_package():
+    import ast
+    from pathlib import Path
+
+    import tapct_app
+    from tapct_app.devices import resolve_device
+
+    src = Path(tapct_app.__file__).parent
+    for name in ("embed.py", "benchmark.py", "retrieve.py"):
+        tree = ast.parse((src / name).read_text())
+        modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert "tapct_app.devices" in modules, name
+        assert not {m for m in modules if m and m.startswith("tapct_app.train")}, name
+    assert str(resolve_device("cpu")) == "cpu"
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu:7")
