@@ -43,11 +43,12 @@ def benchmark_command(
     from tapct_data import strip_image_suffix
     from tapct_eval import LabelError, load_task, run_benchmark
 
+    from tapct_app.devices import resolve_device
     from tapct_app.intensity import model_normalize
     from tapct_app.models import load_backbone
     from tapct_app.outputs import atomic_output_dir
+    from tapct_app.progress import CommandProgress
     from tapct_app.readers import ScanLoaders
-    from tapct_app.train.distributed import resolve_device
 
     if not task_file.is_file():
         raise UserError(f"{task_file}: no such task file")
@@ -70,7 +71,11 @@ def benchmark_command(
     output = output or Path("runs/benchmark") / task.name
     loaders = ScanLoaders(model_normalize(model, intensity_stats))
     model_name = Path(model).name if Path(model).exists() else str(model)
-    with atomic_output_dir(output) as tmp:
+    # One step of progress: the features of one case, or one optimizer step of a head.
+    with (
+        atomic_output_dir(output) as tmp,
+        CommandProgress(console, "benchmark", unit="steps") as progress,
+    ):
         try:
             results = run_benchmark(
                 task,
@@ -82,6 +87,7 @@ def benchmark_command(
                 device=str(dev),
                 model_name=model_name,
                 console=console,
+                progress=progress,
             )
         except LabelError as exc:  # a label the task cannot use: "<label path>: <problem>"
             raise UserError(str(exc)) from exc

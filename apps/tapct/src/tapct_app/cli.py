@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -19,13 +20,100 @@ from tapct_app.errors import EXIT_USER_ERROR, UserError, one_line
 
 __all__ = ["app", "main"]
 
+#: Help metavars by parameter name (an option's or an argument's Python name); every
+#: other parameter gets one from its type (see ``_readable_metavar``).
+METAVARS = {
+    "config": "CONFIG",
+    "preset": "PRESET",
+    "model": "MODEL",
+    "device": "DEVICE",
+    "roi": "D,H,W",
+    "in_plane": "H,W",
+    "seeds": "S,S,...",
+    "shard": "K/N",
+    "set_": "KEY=VALUE",
+    "include": "GLOB",
+    "exclude": "GLOB",
+    "on_error": "skip|stop",
+    "fmt": "safetensors|zarr",
+    "which": "teacher|student",
+    "inputs": "SCAN",
+    "task_file": "TASK",
+    "checkpoint": "CHECKPOINT",
+}
+
+
+def _kind(param: Any) -> str:
+    """``path``, ``integer``, ``float``, ``boolean`` or ``text`` (of a list: its items)."""
+    desc = getattr(param, "type_descriptor", None)  # Typer >= 0.20
+    if desc is None:
+        return str(getattr(getattr(param, "type", None), "name", "text"))
+    item = desc.annotation
+    if typing.get_origin(item) is list:
+        item = typing.get_args(item)[0]
+    if isinstance(item, type) and issubclass(item, Path):
+        return "path"
+    return {int: "integer", float: "float", bool: "boolean"}.get(item, "text")
+
+
+def _readable_metavar(param: Any) -> None:
+    """Help shows ``PATH``, ``N``, ``D,H,W`` or a name, never Python types (``<list[Path]>``).
+
+    The metavar comes from :data:`METAVARS`, else from the type: flags show none, paths
+    ``PATH``, integers ``N``, floats ``X``, other text the parameter's name in capitals.
+    Arguments show their name (``SCAN``) and, in the type column, ``PATH`` or ``PATH...``.
+    """
+    kind = _kind(param)
+    if param.metavar is None:
+        if getattr(param, "is_flag", False) or kind == "boolean":
+            param.metavar = ""
+        elif param.name in METAVARS:
+            param.metavar = METAVARS[param.name]
+        elif kind == "path" and param.param_type_name == "option":
+            param.metavar = "PATH"
+        elif kind == "integer":
+            param.metavar = "N"
+        elif kind == "float":
+            param.metavar = "X"
+        else:
+            param.metavar = (param.name or "value").upper()
+    if param.param_type_name == "argument":  # the type column of the help table
+        shown = ("PATH" if kind == "path" else "") + ("..." if param.nargs != 1 else "")
+        param.display_type_rich = lambda ctx: shown or None  # type: ignore[method-assign]
+
+
+def _with_readable_metavars(command: Any) -> None:
+    """Make ``command.get_params`` (what help lists, ``--help`` included) readable."""
+    get_params = command.get_params
+
+    def readable(ctx: Any) -> list[Any]:
+        params = get_params(ctx)
+        for param in params:
+            _readable_metavar(param)
+        return params
+
+    command.get_params = readable  # type: ignore[method-assign]
+    for sub in getattr(command, "commands", {}).values():  # a group's own commands
+        if sub is not command:
+            _with_readable_metavars(sub)
+
+
+class _Group(typer.core.TyperGroup):
+    """The root command group: readable metavars on every command's parameters."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        _with_readable_metavars(self)
+
+
 app = typer.Typer(
     name="tapct",
     help="TAP-CT: 3D DINOv2 pretraining, embedding and benchmarking of CT foundation models.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # tapct --install-completion / --show-completion (shell detected)
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    cls=_Group,
 )
 
 _STATE = {"debug": False}
@@ -55,7 +143,10 @@ def _root(
 def _console():
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    console = Console(stderr=False, highlight=False)
+    # In a log file or a pipe, lines are written whole: never wrapped or cut at 80 columns.
+    console.soft_wrap = not console.is_terminal
+    return console
 
 
 def _runtime_policy() -> None:

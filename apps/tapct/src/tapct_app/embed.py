@@ -42,101 +42,13 @@ from tapct_data import AIR_HU, ScanSource
 from tapct_data.faults import fault_point
 
 from tapct_app.errors import UserError, one_line, user_errors_from
+from tapct_app.progress import CommandProgress
 
-__all__ = ["EMBED_FORMAT", "EmbedReport", "embed_command", "pca_rgb", "save_pca_figure"]
+__all__ = ["EMBED_FORMAT", "EmbedReport", "embed_command"]
 
 EMBED_FORMAT = "tapct-embedding/1"
 ON_ERROR = ("skip", "stop")
 _TMP_MARK = ".tmp-embed-"  # in the names of temporaries; a rerun removes what a kill left
-
-
-def pca_rgb(features: Any) -> np.ndarray:
-    """Project patch features onto their first three principal components, scaled to [0, 1].
-
-    Args:
-        features: ``(E, t, h, w)`` float tensor or array.
-
-    Returns:
-        ``(t, h, w, 3)`` float32 array in [0, 1] (each component min-max scaled over the
-        volume; robust 1/99 percentiles).
-
-    Raises:
-        ValueError: If ``features`` is not 4-D.
-    """
-    from sklearn.decomposition import PCA
-
-    x = np.asarray(features, dtype=np.float32)
-    if x.ndim != 4:
-        raise ValueError(f"features must be (E, t, h, w), got shape {x.shape}")
-    E, t, h, w = x.shape
-    flat = x.reshape(E, -1).T  # (N, E)
-    k = min(3, flat.shape[0], E)
-    comps = PCA(n_components=k, svd_solver="full").fit_transform(flat)  # (N, k)
-    if k < 3:
-        comps = np.concatenate([comps, np.zeros((comps.shape[0], 3 - k), np.float32)], axis=1)
-    lo, hi = np.percentile(comps, 1, axis=0), np.percentile(comps, 99, axis=0)
-    rgb = np.clip((comps - lo) / np.maximum(hi - lo, 1e-8), 0.0, 1.0)
-    return rgb.reshape(t, h, w, 3).astype(np.float32)
-
-
-def save_pca_figure(
-    volume_hu: np.ndarray,
-    rgb: np.ndarray,
-    spacing: Sequence[float],
-    patch_size: Sequence[int],
-    path: Path,
-    title: str,
-) -> None:
-    """Draw the CT and the PCA colours on the middle axial, coronal and sagittal planes.
-
-    Args:
-        volume_hu: ``(D, H, W)`` HU.
-        rgb: ``(t, h, w, 3)`` from :func:`pca_rgb`.
-        spacing: ``(sd, sh, sw)`` mm of the volume.
-        patch_size: ``(pd, ph, pw)`` voxels per patch.
-        path: The PNG.
-        title: Figure title.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    D, H, W = volume_hu.shape
-    t, h, w, _ = rgb.shape
-    sd, sh, sw = (float(s) for s in spacing)
-    pd, ph, pw = patch_size
-    ct = np.clip((volume_hu + 1000.0) / 1400.0, 0, 1)  # window [-1000, 400] HU
-    # Planes: D runs inferior -> superior, H anterior -> posterior, W right -> left.
-    planes = [
-        ("axial", ct[D // 2], rgb[min(t - 1, (D // 2) // pd)], sh / sw, (ph * sh) / (pw * sw)),
-        (
-            "coronal",
-            ct[::-1, H // 2],
-            rgb[::-1, min(h - 1, (H // 2) // ph)],
-            sd / sw,
-            (pd * sd) / (pw * sw),
-        ),
-        (
-            "sagittal",
-            ct[::-1, :, W // 2],
-            rgb[::-1, :, min(w - 1, (W // 2) // pw)],
-            sd / sh,
-            (pd * sd) / (ph * sh),
-        ),
-    ]
-    fig, axes = plt.subplots(2, 3, figsize=(11, 7), dpi=100)
-    for col, (name, img, col_rgb, aspect, aspect_rgb) in enumerate(planes):
-        axes[0, col].imshow(img, cmap="gray", aspect=aspect, interpolation="nearest")
-        axes[0, col].set_title(f"CT {name}")
-        axes[1, col].imshow(col_rgb, aspect=aspect_rgb, interpolation="nearest")
-        axes[1, col].set_title(f"PCA 1-3 {name}")
-        for ax in axes[:, col]:
-            ax.set_axis_off()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- records
@@ -448,50 +360,6 @@ def _write_skipped(output: Path, skipped: Sequence[tuple[str, str]]) -> None:
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
-# --------------------------------------------------------------------------- progress
-
-
-class _Progress:
-    """A rich bar with ETA on a terminal; one plain line per scan otherwise."""
-
-    def __init__(self, console: Any, total: int) -> None:
-        self.console = console
-        self.bar: Any = None
-        if total and getattr(console, "is_terminal", False):
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("embed"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
-            )
-            self.task = self.bar.add_task("embed", total=total)
-            self.bar.start()
-
-    def advance(self, line: str) -> None:
-        if self.bar is not None:
-            self.bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
-            self.bar.advance(self.task)
-        else:
-            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 # --------------------------------------------------------------------------- the command
 
 
@@ -546,8 +414,8 @@ def embed_command(
     """
     import torch
 
+    from tapct_app.devices import resolve_device
     from tapct_app.models import load_backbone
-    from tapct_app.train.distributed import resolve_device
 
     if not 0.0 <= overlap < 1.0:
         raise UserError(f"--overlap {overlap}: must lie in [0, 1)")
@@ -609,7 +477,8 @@ def embed_command(
     todo = [s for s in sources if not manifest.is_done(s, sid)]
     embedded: list[str] = []
     skipped: list[tuple[str, str]] = list(walk_skipped)
-    progress = _Progress(console, len(todo))
+    progress = CommandProgress(console, "embed").start()
+    progress(0, len(todo), line=False)
     for path, reason in walk_skipped:
         console.print(f"{path}: skipped: {reason}", markup=False, highlight=False, soft_wrap=True)
     try:
@@ -690,10 +559,12 @@ def _commit_scan(
     }
     published = [(tmp, output / file)]
     if pca:
+        from tapct_eval.figures import pca_rgb, plot_pca_planes  # matplotlib: only when drawing
+
         png = f"{name}_pca.png"
         tmp_png = _tmp_name(output, png)
         rgb = pca_rgb(patch_features.numpy())
-        save_pca_figure(
+        plot_pca_planes(
             scan.hu[0],
             rgb,
             scan.spacing,

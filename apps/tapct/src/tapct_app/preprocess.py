@@ -48,7 +48,7 @@ def preprocess_command(
     command skips the scans already in it, a scan is in it completely or not at all (also
     after ``kill -9``), and bad scans are listed in ``STORE/skipped.jsonl``. Progress:
     a bar with scans/s and ETA on a terminal, a plain line per ~5 % of the scans
-    otherwise (``tapct_app.progress.ScanProgress``). Ends with ``N scans written, M
+    otherwise (``tapct_app.progress.CommandProgress``). Ends with ``N scans written, M
     skipped (see STORE/skipped.jsonl)``. User paths are printed literally (no markup).
 
     Args:
@@ -98,9 +98,9 @@ def preprocess_command(
         raise UserError("--output STORE is required (or use --dry-run)")
     if list_file is not None:
         raise UserError("--list-file goes with --dry-run; give the list file as an input")
-    from tapct_app.progress import ScanProgress
+    from tapct_app.progress import CommandProgress
 
-    with ScanProgress(console, "preprocess") as progress:
+    with CommandProgress(console, "preprocess") as progress:
         report = build_store(
             inputs,
             output,
@@ -187,14 +187,18 @@ def fingerprint_command(
     if not listing.scans:
         why = f" (first: {listing.skipped[0].reason})" if listing.skipped else ""
         raise UserError(f"no scans found in the inputs{why}")
+    from tapct_app.progress import CommandProgress
+
     try:
-        fp = compute_fingerprint(
-            listing.scans,
-            samples_per_scan=samples_per_scan,
-            seed=seed,
-            workers=n_workers,
-            on_error=on_error,
-        )
+        with CommandProgress(console, "fingerprint") as progress:
+            fp = compute_fingerprint(
+                listing.scans,
+                samples_per_scan=samples_per_scan,
+                seed=seed,
+                workers=n_workers,
+                on_error=on_error,
+                progress=progress,
+            )
     except ValueError as exc:
         raise UserError(one_line(exc)) from exc
     fp = attrs.evolve(fp, skipped=(*listing.skipped, *fp.skipped))

@@ -61,12 +61,12 @@ def retrieve_command(
         retrieve_patches,
     )
 
+    from tapct_app.devices import resolve_device
     from tapct_app.intensity import model_normalize
     from tapct_app.models import load_backbone
     from tapct_app.outputs import atomic_output_dir
     from tapct_app.readers import ScanLoaders
     from tapct_app.scans import check_inputs_exist
-    from tapct_app.train.distributed import resolve_device
 
     check_inputs_exist([query_scan, query_mask, target_scan])
     if top_k < 1:

@@ -8,7 +8,7 @@ x_k``, logits ``= classifier(z)``. The paper applies it to the windows' [CLS] em
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import attrs
@@ -160,6 +160,7 @@ def train_abmil(
     config: ABMILTrainingConfig = ABMILTrainingConfig(),
     seed: int = 0,
     device: str | torch.device = "cpu",
+    on_step: Callable[[int], None] | None = None,
 ) -> ABMIL:
     """Train an :class:`ABMIL` head on bags of frozen embeddings, batch 1 with accumulation.
 
@@ -173,6 +174,8 @@ def train_abmil(
         config: optimiser and head settings.
         seed: seeds initialisation, dropout and the visiting order.
         device: where to train.
+        on_step: called with the number of optimizer steps done after each step
+            (progress reporting).
 
     Returns:
         The trained head (eval mode).
@@ -196,7 +199,7 @@ def train_abmil(
         opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         target_t = [torch.as_tensor(t) for t in targets]
         order: list[int] = []
-        for _ in range(config.steps):
+        for step in range(config.steps):
             opt.zero_grad(set_to_none=True)
             for _ in range(config.accumulation_steps):
                 if not order:
@@ -206,6 +209,8 @@ def train_abmil(
                 loss = _loss(logits, target_t[i].to(device)[None], task)
                 (loss / config.accumulation_steps).backward()
             opt.step()
+            if on_step is not None:
+                on_step(step + 1)
     return model.eval()
 
 

@@ -1,4 +1,5 @@
-"""PNG figures: segmentation overlays (paper Fig. 4) and retrieval heat maps (paper Fig. 2).
+"""PNG figures: segmentation overlays (paper Fig. 4), retrieval heat maps (paper Fig. 2) and
+the PCA picture of patch features (``tapct embed``).
 
 Matplotlib runs with the Agg backend (no display needed). Axial slices ``x[k]`` of the
 canonical ``(D, H, W)`` arrays display in the radiological convention (patient right on
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["plot_retrieval_heatmap", "plot_segmentation_overlay"]
+__all__ = ["pca_rgb", "plot_pca_planes", "plot_retrieval_heatmap", "plot_segmentation_overlay"]
 
 
 def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -157,5 +158,95 @@ def plot_retrieval_heatmap(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def pca_rgb(features: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Project patch features onto their first three principal components, scaled to [0, 1].
+
+    Args:
+        features: ``(E, t, h, w)`` float tensor or array.
+
+    Returns:
+        ``(t, h, w, 3)`` float32 array in [0, 1] (each component min-max scaled over the
+        volume; robust 1/99 percentiles).
+
+    Raises:
+        ValueError: If ``features`` is not 4-D.
+    """
+    from sklearn.decomposition import PCA
+
+    x = _np(features).astype(np.float32, copy=False)
+    if x.ndim != 4:
+        raise ValueError(f"features must be (E, t, h, w), got shape {x.shape}")
+    E, t, h, w = x.shape
+    flat = x.reshape(E, -1).T  # (N, E)
+    k = min(3, flat.shape[0], E)
+    comps = PCA(n_components=k, svd_solver="full").fit_transform(flat)  # (N, k)
+    if k < 3:
+        comps = np.concatenate([comps, np.zeros((comps.shape[0], 3 - k), np.float32)], axis=1)
+    lo, hi = np.percentile(comps, 1, axis=0), np.percentile(comps, 99, axis=0)
+    rgb = np.clip((comps - lo) / np.maximum(hi - lo, 1e-8), 0.0, 1.0)
+    return rgb.reshape(t, h, w, 3).astype(np.float32)
+
+
+def plot_pca_planes(
+    volume_hu: np.ndarray,
+    rgb: np.ndarray,
+    spacing: Sequence[float],
+    patch_size: Sequence[int],
+    path: str | Path,
+    title: str,
+) -> Path:
+    """Draw the CT and the PCA colours on the middle axial, coronal and sagittal planes.
+
+    Args:
+        volume_hu: ``(D, H, W)`` HU.
+        rgb: ``(t, h, w, 3)`` from :func:`pca_rgb` (one colour per patch).
+        spacing: ``(sd, sh, sw)`` mm of the volume.
+        patch_size: ``(pd, ph, pw)`` voxels per patch.
+        path: The PNG.
+        title: Figure title.
+
+    Returns:
+        The written path.
+    """
+    D, H, W = volume_hu.shape
+    t, h, w, _ = rgb.shape
+    sd, sh, sw = (float(s) for s in spacing)
+    pd, ph, pw = patch_size
+    ct = np.clip((volume_hu + 1000.0) / 1400.0, 0, 1)  # window [-1000, 400] HU
+    # Planes: D runs inferior -> superior, H anterior -> posterior, W right -> left.
+    planes = [
+        ("axial", ct[D // 2], rgb[min(t - 1, (D // 2) // pd)], sh / sw, (ph * sh) / (pw * sw)),
+        (
+            "coronal",
+            ct[::-1, H // 2],
+            rgb[::-1, min(h - 1, (H // 2) // ph)],
+            sd / sw,
+            (pd * sd) / (pw * sw),
+        ),
+        (
+            "sagittal",
+            ct[::-1, :, W // 2],
+            rgb[::-1, :, min(w - 1, (W // 2) // pw)],
+            sd / sh,
+            (pd * sd) / (ph * sh),
+        ),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(11, 7), dpi=100)
+    for col, (name, img, col_rgb, aspect, aspect_rgb) in enumerate(planes):
+        axes[0, col].imshow(img, cmap="gray", aspect=aspect, interpolation="nearest")
+        axes[0, col].set_title(f"CT {name}")
+        axes[1, col].imshow(col_rgb, aspect=aspect_rgb, interpolation="nearest")
+        axes[1, col].set_title(f"PCA 1-3 {name}")
+        for ax in axes[:, col]:
+            ax.set_axis_off()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
     plt.close(fig)
     return path

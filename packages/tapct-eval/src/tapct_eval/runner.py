@@ -199,6 +199,22 @@ def _patch_mask(
     return F.avg_pool3d(one, kernel_size=tuple(patch))[0, 0] >= 0.5  # (t, h, w) majority
 
 
+class _Ticker:
+    """Counts units of work and reports ``progress(done, total, what)`` after each."""
+
+    def __init__(self, progress: Callable[[int, int, str], None] | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self, what: str) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total, what)
+
+    def steps_of(self, seed: int, steps: int) -> Callable[[int], None]:
+        """The ``on_step`` hook of one seed's head training."""
+        return lambda step: self(f"seed {seed}: step {step}/{steps}")
+
+
 def run_benchmark(
     task: BenchmarkTask | str | Path,
     model: nn.Module,
@@ -214,6 +230,7 @@ def run_benchmark(
     sw_batch_size: int = 1,
     console: Console | None = None,
     figures: bool = True,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> BenchmarkResults:
     """Run one benchmark task for one frozen backbone over several seeds.
 
@@ -241,6 +258,9 @@ def run_benchmark(
         sw_batch_size: windows per backbone call.
         console: rich console for the table (default: a new one).
         figures: write the PNG figures.
+        progress: called as ``progress(done, total, what)`` after each unit of work: the
+            features of one case, then each optimizer step of each seed's head
+            (``total = cases + seeds * task.steps``), e.g. for a progress bar with ETA.
 
     Returns:
         :class:`BenchmarkResults`.
@@ -277,21 +297,25 @@ def run_benchmark(
         for split, cases in (("train", task.train), ("test", task.test))
     }
     data: dict[str, list] = {"train": [], "test": []}
+    tick = _Ticker(progress, len(task.train) + len(task.test) + len(seeds) * task.steps)
     for split, items in loaded.items():
         for case, image, label in items:
             feats = _cached_features(
                 model, image, cache_dir / f"{case.case_id}.pt", task, device, sw_batch_size
             )
             data[split].append((case, image, label, feats))
+            tick(f"features of {split} case {case.case_id}")
     if task.kind == "segmentation":
-        results = _run_segmentation(task, model, name, data, seeds, device, out, figures)
+        results = _run_segmentation(task, model, name, data, seeds, device, out, figures, tick)
     else:
-        results = _run_classification(task, name, data, seeds, device)
+        results = _run_classification(task, name, data, seeds, device, tick)
     files = _write_reports(results, out, console)
     return attrs.evolve(results, files={**results.files, **files})
 
 
-def _run_segmentation(task, model, name, data, seeds, device, out, figures) -> BenchmarkResults:
+def _run_segmentation(
+    task, model, name, data, seeds, device, out, figures, tick
+) -> BenchmarkResults:
     patch = backbone_patch_size(model)
     config = ProbeTrainingConfig(
         steps=task.steps, accumulation_steps=task.accumulation_steps, lr=task.lr
@@ -314,6 +338,7 @@ def _run_segmentation(task, model, name, data, seeds, device, out, figures) -> B
             seed=seed,
             device=device,
             ignore_index=task.ignore_index,
+            on_step=tick.steps_of(seed, task.steps),
         )
         if first_probe is None:
             first_probe = probe
@@ -378,7 +403,7 @@ def _run_segmentation(task, model, name, data, seeds, device, out, figures) -> B
     )
 
 
-def _run_classification(task, name, data, seeds, device) -> BenchmarkResults:
+def _run_classification(task, name, data, seeds, device, tick) -> BenchmarkResults:
     config = ABMILTrainingConfig(
         steps=task.steps, accumulation_steps=task.accumulation_steps, lr=task.lr
     )
@@ -390,7 +415,14 @@ def _run_classification(task, name, data, seeds, device) -> BenchmarkResults:
     extra: dict[str, list[float]] = {"micro_ap": []}
     for seed in seeds:
         head = train_abmil(
-            bags, targets, task.task_type, task.num_classes, config=config, seed=seed, device=device
+            bags,
+            targets,
+            task.task_type,
+            task.num_classes,
+            config=config,
+            seed=seed,
+            device=device,
+            on_step=tick.steps_of(seed, task.steps),
         )
         scores = predict_abmil(head, test_bags, task.task_type).numpy()
         if task.task_type == "multilabel":

@@ -10,7 +10,7 @@ maps), voxels of that value are left out of both loss terms and of the Dice metr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import torch
@@ -145,6 +145,7 @@ def train_segmentation_probe(
     seed: int = 0,
     device: str | torch.device = "cpu",
     ignore_index: int | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> LinearSegmentationProbe:
     """Train a :class:`LinearSegmentationProbe` on cached frozen features.
 
@@ -162,6 +163,8 @@ def train_segmentation_probe(
         seed: seeds the probe initialisation and the visiting order.
         device: where to train.
         ignore_index: label value of voxels left out of the loss (e.g. 255), or None.
+        on_step: called with the number of optimizer steps done after each step
+            (progress reporting).
 
     Returns:
         The trained probe (eval mode, on ``device``).
@@ -191,7 +194,7 @@ def train_segmentation_probe(
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.AdamW(probe.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     order: list[int] = []
-    for _ in range(config.steps):
+    for step in range(config.steps):
         opt.zero_grad(set_to_none=True)
         for _ in range(config.accumulation_steps):
             if not order:
@@ -206,6 +209,8 @@ def train_segmentation_probe(
                 loss = loss_fn(logits, y[None, None]) / config.accumulation_steps
             loss.backward()
         opt.step()
+        if on_step is not None:
+            on_step(step + 1)
     return probe.eval()
 
 

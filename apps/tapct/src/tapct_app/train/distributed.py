@@ -14,6 +14,8 @@ import attrs
 import torch
 import torch.distributed as dist
 
+from tapct_app.devices import resolve_device
+
 __all__ = [
     "DistInfo",
     "all_gather_floats",
@@ -51,32 +53,6 @@ class DistInfo:
     def distributed(self) -> bool:
         """True when a process group with more than one process is running."""
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """Turn ``auto``/``cpu``/``cuda``/``cuda:N`` into a device.
-
-    Args:
-        name: The requested device; ``auto`` picks CUDA when available.
-        local_rank: The GPU index for ``auto``/``cuda`` under torchrun.
-
-    Returns:
-        The device.
-
-    Raises:
-        ValueError: If CUDA is requested but not available, or the name is unknown.
-    """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
 
 
 def init_distributed(device_name: str = "auto") -> DistInfo:

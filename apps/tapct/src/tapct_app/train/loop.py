@@ -185,7 +185,11 @@ def _short(name: str) -> str:
 
 
 class ProgressHook:
-    """A rich progress bar with the last logged terms.
+    """Progress with ETA and the last logged terms (``tapct_app.progress.CommandProgress``).
+
+    On a terminal: a rich bar. Otherwise (a log file, a pipe): one plain, uncut line per
+    logged iteration, e.g. ``pretrain: 10/100 it (10%), 1.2 it/s, eta 0:01:15, loss
+    11.3712  dino_l ...  lr 1.70e-03  ... samples/s``.
 
     Args:
         console: A ``rich.console.Console``.
@@ -194,32 +198,17 @@ class ProgressHook:
     """
 
     def __init__(self, console: Any, total: int, start: int) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from tapct_app.progress import CommandProgress
 
-        self.progress = Progress(
-            TextColumn("[bold]pretrain"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[metrics]}"),
-            console=console,
-            transient=False,
-        )
-        self.progress.start()
-        self.task = self.progress.add_task("pretrain", total=total, completed=start, metrics="")
+        self.total = total
+        self.progress = CommandProgress(
+            console, "pretrain", unit="it", initial=start, transient=False
+        ).start()
+        self.progress(start, total, line=False)
 
     def on_step(self, iteration: int) -> None:
         """Advance the bar."""
-        self.progress.update(self.task, completed=iteration + 1)
+        self.progress(iteration + 1, self.total, line=False)
 
     def on_log(self, iteration: int, metrics: dict[str, float]) -> None:
         """Show the terms (every ``*loss*`` value), the lr and the throughput."""
@@ -231,11 +220,11 @@ class ProgressHook:
         parts.append(f"lr {metrics['lr']:.2e}")
         if "samples_per_s" in metrics:
             parts.append(f"{metrics['samples_per_s']:.1f} samples/s")
-        self.progress.update(self.task, metrics="  ".join(parts))
+        self.progress(iteration + 1, self.total, info="  ".join(parts), line=True)
 
     def close(self) -> None:
         """Stop the bar."""
-        self.progress.stop()
+        self.progress.close()
 
 
 def run_pretraining(
@@ -321,7 +310,12 @@ def _run(
     batches = build_loader(dataset, sampler, parts.collate, config, dist.device)
     hooks: list[Hook] = []
     if dist.is_main:
-        hooks.append(MetricsHook(output, start))
+        metrics_hook = MetricsHook(output, start)
+        hooks.append(metrics_hook)
+        if console is not None and metrics_hook.logger.tensorboard_off:
+            console.print(
+                metrics_hook.logger.tensorboard_off, markup=False, highlight=False, soft_wrap=True
+            )
         if console is not None and show_progress:
             hooks.append(ProgressHook(console, total, start))
         hooks.append(_collapse_hook(config, parts, console))

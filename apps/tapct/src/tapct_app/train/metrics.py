@@ -22,7 +22,9 @@ class MetricsLogger:
     Args:
         folder: The run directory.
         resume_from: The iteration training resumes at (0 for a fresh run).
-        tensorboard: Also write TensorBoard events when available.
+        tensorboard: Also write TensorBoard events when available (the
+            ``tapct[tensorboard]`` extra); when it is not installed,
+            ``tensorboard_off`` says so in one line.
     """
 
     def __init__(self, folder: str | Path, resume_from: int = 0, tensorboard: bool = True) -> None:
@@ -34,13 +36,19 @@ class MetricsLogger:
                 f.write(json.dumps(record) + "\n")
         self._file = self.path.open("a", encoding="utf-8")
         self._tb = None
+        #: Why no TensorBoard events are written (one line for the user), or None.
+        self.tensorboard_off: str | None = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(Path(folder) / "tensorboard"), purge_step=resume_from)
             except ImportError:
-                self._tb = None
+                self.tensorboard_off = (
+                    f"TensorBoard: off (the tensorboard package is not installed; "
+                    f"pip install 'tapct[tensorboard]' or uv sync --extra tensorboard to write "
+                    f"{Path(folder) / 'tensorboard'}); metrics go to {self.path}"
+                )
 
     def log(self, iteration: int, values: Mapping[str, float]) -> None:
         """Write one record.

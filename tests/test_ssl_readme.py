@@ -1,4 +1,4 @@
-"""The README example really runs."""
+"""The README example of tapct-ssl really runs (it builds its backbone with tapct_vit3d)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "packages" / "tapct-ssl" / "README.md"
 
 
 def test_readme_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
