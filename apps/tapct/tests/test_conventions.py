@@ -94,7 +94,8 @@ def test_pretrain_progress_and_tensorboard_note_without_a_terminal(tiny_config, 
     for line in bars:  # the whole line: count, rate, ETA, every loss, lr, throughput
         assert re.fullmatch(
             r"pretrain: \d/2 it \(\d+%\), [\d.]+ it/s, eta \S+, loss [\d.]+  dino_l [\d.]+"
-            r"  dino_g [\d.]+  koleo -?[\d.]+  ibot [\d.]+  lr [\d.e+-]+  [\d.]+ samples/s",
+            r"  dino_g [\d.]+  koleo -?[\d.]+  ibot [\d.]+  H_t [\d.]+  rank [\d.]+  lr [\d.e+-]+"
+            r"  [\d.]+ samples/s",
             line,
         ), line
 
