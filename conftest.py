@@ -15,6 +15,11 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent
 
+#: Set by ``.ci/run`` after ``.ci/package-tests`` ran each library package's tests in a
+#: venv of its own: the workspace run then collects only the app's and cross-package tests.
+PACKAGE_TESTS_DONE_ENV = "TAPCT_PACKAGE_TESTS_DONE"
+collect_ignore_glob = ["packages/*"] if os.environ.get(PACKAGE_TESTS_DONE_ENV) else []
+
 
 def shared_data_dir() -> Path:
     """Return the folder of real scans (``$TAPCT_SHARED_DATA`` or ``../shared/data``)."""
