@@ -6,7 +6,13 @@ Needs only the backbone interface (``.patch_size``, ``.embed_dim``, DINOv2's
 
 from .abmil import ABMIL, ABMILTrainingConfig, predict_abmil, train_abmil
 from .features import ExtractedFeatures, FeatureExtractor, extract_features
-from .figures import plot_retrieval_heatmap, plot_segmentation_overlay
+from .figures import (
+    plot_localisation,
+    plot_prediction_scatter,
+    plot_retrieval_heatmap,
+    plot_segmentation_overlay,
+)
+from .kinds import TASK_KINDS, CasePrediction, KindContext, Scan, TaskKind
 from .labels import (
     TOTALSEGMENTATOR_49_CLASSES,
     TOTALSEGMENTATOR_V2_CLASSES,
@@ -26,7 +32,7 @@ from .metrics import (
     summarize_folds,
 )
 from .retrieval import RetrievalResult, masked_patch_features, retrieve_patches
-from .runner import BenchmarkResults, run_benchmark
+from .runner import BenchmarkResults, run_benchmark, write_results
 from .segmentation import (
     LinearSegmentationProbe,
     ProbeTrainingConfig,
@@ -34,10 +40,23 @@ from .segmentation import (
     predict_segmentation,
     train_segmentation_probe,
 )
-from .task import BenchmarkCase, BenchmarkTask, TaskFileError, first_dot_stem, load_task
+from .task import (
+    BenchmarkCase,
+    BenchmarkTask,
+    ClassificationCase,
+    LocalisationCase,
+    RegressionCase,
+    RetrievalCase,
+    SegmentationCase,
+    SurvivalCase,
+    TaskFileError,
+    first_dot_stem,
+    load_task,
+)
 
 __all__ = [
     "ABMIL",
+    "TASK_KINDS",
     "TOTALSEGMENTATOR_49_CLASSES",
     "TOTALSEGMENTATOR_V2_CLASSES",
     "TOTALSEGMENTATOR_V2_TO_49",
@@ -45,15 +64,25 @@ __all__ = [
     "BenchmarkCase",
     "BenchmarkResults",
     "BenchmarkTask",
+    "CasePrediction",
+    "ClassificationCase",
     "ClipStats",
     "ExtractedFeatures",
     "FeatureExtractor",
     "FoldSummary",
     "IntensityStats",
+    "KindContext",
     "LinearSegmentationProbe",
+    "LocalisationCase",
     "ProbeTrainingConfig",
+    "RegressionCase",
+    "RetrievalCase",
     "RetrievalResult",
+    "Scan",
+    "SegmentationCase",
+    "SurvivalCase",
     "TaskFileError",
+    "TaskKind",
     "UndefinedMetricWarning",
     "auc_score",
     "clip_normalize",
@@ -69,6 +98,8 @@ __all__ = [
     "merge_totalsegmentator_labels",
     "micro_average_precision",
     "multilabel_micro_auc",
+    "plot_localisation",
+    "plot_prediction_scatter",
     "plot_retrieval_heatmap",
     "plot_segmentation_overlay",
     "predict_abmil",
@@ -79,4 +110,5 @@ __all__ = [
     "summarize_folds",
     "train_abmil",
     "train_segmentation_probe",
+    "write_results",
 ]
