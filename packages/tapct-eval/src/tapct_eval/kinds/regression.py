@@ -1,6 +1,7 @@
 """``regression``: a linear or ABMIL head on the windows' cls tokens; MAE and Pearson r.
 
-The head regresses standardised targets (train mean and std) with a mean squared error,
+The head sees instances standardised per channel and regresses standardised targets
+(train means and stds) with a mean squared error,
 batch 1 with gradient accumulation like the classification head (paper C.1). ``linear``
 is a linear layer on the mean of the bag's tokens; ``abmil`` is the gated attention pooling
 of :class:`~tapct_eval.abmil.ABMIL` with one output per target. Metrics come from
@@ -48,21 +49,34 @@ class MeanPoolLinear(nn.Module):
 
 
 class BagRegressor(nn.Module):
-    """A head and the train targets' mean and std: outputs in the targets' units.
+    """A head between standardisations: instances by the train instances' mean and std
+    per channel, outputs by the train targets' mean and std (predictions in the targets'
+    units).
 
     Shapes:
         ``forward(x (B, N, E)) -> (B, T)``.
     """
 
-    def __init__(self, head: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def __init__(
+        self,
+        head: nn.Module,
+        in_stats: tuple[torch.Tensor, torch.Tensor],
+        out_stats: tuple[torch.Tensor, torch.Tensor],
+    ) -> None:
         super().__init__()
         self.head = head
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
+        self.register_buffer("in_mean", in_stats[0])
+        self.register_buffer("in_std", in_stats[1])
+        self.register_buffer("mean", out_stats[0])
+        self.register_buffer("std", out_stats[1])
+
+    def standardised(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's output for raw instances (standardised targets)."""
+        return self.head((x - self.in_mean) / self.in_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Predictions in the targets' units."""
-        return self.head(x) * self.std + self.mean
+        return self.standardised(x) * self.std + self.mean
 
 
 def train_bag_regressor(
@@ -102,6 +116,8 @@ def train_bag_regressor(
     mean = targets.mean(0)
     std = targets.std(0, unbiased=False).clamp(min=1e-8)
     z = (targets - mean) / std
+    instances = torch.cat([b.float().reshape(-1, b.shape[-1]) for b in bags])
+    in_stats = (instances.mean(0), instances.std(0, unbiased=False).clamp(min=1e-6))
     generator = torch.Generator().manual_seed(seed)
     in_dim, n_out = bags[0].shape[-1], targets.shape[1]
     with torch.random.fork_rng(devices=[]):
@@ -111,8 +127,11 @@ def train_bag_regressor(
             if head == "linear"
             else ABMIL(in_dim, n_out, config.hidden_dim, config.gated, config.dropout)
         )
-        net = net.to(device).train()
-        opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        model = BagRegressor(
+            net, (in_stats[0].to(device), in_stats[1].to(device)), (mean.to(device), std.to(device))
+        ).to(device)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         order: list[int] = []
         for _ in range(config.steps):
             opt.zero_grad(set_to_none=True)
@@ -120,11 +139,11 @@ def train_bag_regressor(
                 if not order:
                     order = torch.randperm(len(bags), generator=generator).tolist()
                 i = order.pop()
-                out = net(bags[i].to(device, torch.float32)[None])  # (1, T)
+                out = model.standardised(bags[i].to(device, torch.float32)[None])  # (1, T)
                 loss = F.mse_loss(out, z[i].to(device)[None])
                 (loss / config.accumulation_steps).backward()
             opt.step()
-    return BagRegressor(net.eval(), mean.to(device), std.to(device)).eval()
+    return model.eval()
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
