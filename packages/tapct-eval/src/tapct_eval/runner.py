@@ -193,12 +193,14 @@ def run_benchmark(
     def scan(scan_id: str, image_path: Path, label_path: Path | None) -> Scan:
         raw = load_image(image_path)
         image, label = _load_case(task, raw, image_path, label_path, load_label, preprocess)
-        spacing = load_spacing(image_path) if load_spacing is not None else task.spacing
-        if spacing is not None:  # the voxel size of the preprocessed grid
-            spacing = tuple(
+        given = load_spacing(image_path) if load_spacing is not None else task.spacing
+        spacing = None
+        if given is not None:  # the voxel size of the preprocessed grid
+            sd, sh, sw = (
                 float(s) * r / n
-                for s, r, n in zip(spacing, raw.shape[1:], image.shape[1:], strict=True)
+                for s, r, n in zip(given, raw.shape[1:], image.shape[1:], strict=True)
             )
+            spacing = (sd, sh, sw)
         feats = _cached_features(
             model, image, cache_dir / f"{scan_id}.pt", task, device, sw_batch_size
         )

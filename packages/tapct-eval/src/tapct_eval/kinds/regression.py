@@ -65,6 +65,10 @@ class BagRegressor(nn.Module):
     ) -> None:
         super().__init__()
         self.head = head
+        self.in_mean: torch.Tensor
+        self.in_std: torch.Tensor
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("in_mean", in_stats[0])
         self.register_buffer("in_std", in_stats[1])
         self.register_buffer("mean", out_stats[0])

@@ -23,7 +23,7 @@ from ..segmentation import (
     train_segmentation_probe,
 )
 from ..task import BenchmarkTask, ParseContext, labelled_cases, parse_label_map
-from .base import BenchmarkResults, KindContext, TaskKind, patch_mask
+from .base import BenchmarkResults, KindContext, Scan, TaskKind, patch_mask
 
 __all__ = ["SEGMENTATION", "class_names"]
 
@@ -49,6 +49,12 @@ def parse(raw: Mapping[str, Any], ctx: ParseContext) -> dict[str, Any]:
         "label_map": label_map,
         "class_names": None if names is None else tuple(str(n) for n in names),
     }
+
+
+def _label(scan: Scan) -> torch.Tensor:
+    if scan.label is None:  # the segmentation cases always carry a label path
+        raise ValueError(f"{scan.scan_id}: no label map")
+    return scan.label
 
 
 def class_names(task: BenchmarkTask) -> tuple[str, ...]:
@@ -81,9 +87,9 @@ def run(ctx: KindContext) -> BenchmarkResults:
         steps=task.steps, accumulation_steps=task.accumulation_steps, lr=task.lr
     )
     train_x = [s.patch_features for s in train]
-    train_y = [s.label for s in train]
+    train_y = [_label(s) for s in train]
     test_x = [s.patch_features for s in test]
-    test_y = [s.label for s in test]
+    test_y = [_label(s) for s in test]
     names = class_names(task)[1:]
     per_seed: list[float] = []
     per_class_rows: list[torch.Tensor] = []
