@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from itertools import combinations
 
 import nibabel as nib
@@ -13,7 +14,14 @@ import torch
 from scipy.spatial.distance import euclidean
 from scipy.stats import pearsonr
 from sklearn.metrics import average_precision_score, mean_absolute_error
-from tapct_eval import TASK_KINDS, TaskFileError, load_task, run_benchmark
+from tapct_eval import (
+    TASK_KINDS,
+    RetrievalCase,
+    SurvivalCase,
+    TaskFileError,
+    load_task,
+    run_benchmark,
+)
 from tapct_eval.kinds.survival import concordance_index, cox_loss
 
 PAPER_STATS = (-1008.0, 822.0, -86.8086, 322.6347)
@@ -308,3 +316,51 @@ def test_localisation_of_a_box_centroid(tmp_path, local_backbone):
     guess = np.linalg.norm(target - target.mean(0), axis=1).mean()  # predicting the mean
     assert res.summary.mean < 3.0 < guess
     assert res.files["localisation"].read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra", "csv_text", "key", "needle"),
+    [
+        ("regression", {"head": "mlp"}, "image,split,target\na,train,1\nb,test,2", "head", "or"),
+        ("regression", {}, "image,split,target\na,train,x\nb,test,2", "csv", "line 2"),
+        ("survival", {}, "image,split,time,event\na,train,1,2\nb,test,2,1", "csv", "event"),
+        ("survival", {}, "image,split,time,event\na,train,1,0\nb,test,2,1", "csv", "no event"),
+        ("survival", {}, "image,split,time,event\na,train,-1,1\nb,test,2,1", "csv", "> 0"),
+        ("retrieval", {"pairs": [{"query": "a.nii.gz"}]}, None, "pairs[0]", "needs query"),
+        ("retrieval", {"pairs": [], "top_k": [0]}, None, "pairs", "non-empty"),
+        ("localisation", {"train": [], "test": []}, None, "structure", "is required"),
+        ("localisation", {"structure": 0}, None, "structure", "positive label id"),
+        ("localisation", {"structure": 1, "spacing": [1, 1]}, None, "spacing", "3 positive"),
+    ],
+)
+def test_new_kinds_task_errors_name_file_and_key(tmp_path, kind, extra, csv_text, key, needle):
+    raw = {"name": "t", "kind": kind, "roi_size": [4, 8, 8], **extra}
+    if csv_text is not None:
+        (tmp_path / "cases.csv").write_text(csv_text)
+        raw["csv"] = "cases.csv"
+    (tmp_path / "bad.json").write_text(json.dumps(raw))
+    with pytest.raises(TaskFileError, match=rf"bad.json: key '{re.escape(key)}': .*{needle}"):
+        load_task(tmp_path / "bad.json")
+
+
+def test_new_kinds_parse_their_records(tmp_path):
+    (tmp_path / "cases.csv").write_text("image,split,t,e\na.nii.gz,train,3.5,1\nb.nii.gz,test,2,0")
+    (tmp_path / "s.yaml").write_text(
+        "name: s\nkind: survival\nroi_size: [4, 8, 8]\ncsv: cases.csv\ntime_column: t\n"
+        "event_column: e\n"
+    )
+    task = load_task(tmp_path / "s.yaml")
+    assert task.train[0] == SurvivalCase("a", tmp_path / "a.nii.gz", 3.5, True)
+    assert task.test[0].event is False and task.accumulation_steps == 16
+    for name in ("q", "ql", "f", "fl"):
+        (tmp_path / f"{name}.nii.gz").write_bytes(b"")
+    (tmp_path / "r.yaml").write_text(
+        "name: r\nkind: retrieval\nroi_size: [4, 8, 8]\nlabel_value: 2\ntop_k: [5, 1]\n"
+        "pairs: [{query: q.nii.gz, query_label: ql.nii.gz, target: f.nii.gz, "
+        "target_label: fl.nii.gz}]\n"
+    )
+    task = load_task(tmp_path / "r.yaml")
+    assert task.train == () and task.top_k == (1, 5) and task.label_value == 2
+    assert task.test[0] == RetrievalCase(
+        "q", *(tmp_path / f"{n}.nii.gz" for n in ("q", "ql", "f", "fl"))
+    )
