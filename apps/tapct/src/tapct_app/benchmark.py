@@ -69,7 +69,7 @@ def benchmark_command(
             model or device.
     """
     from tapct_data import strip_image_suffix
-    from tapct_eval import load_task, run_benchmark
+    from tapct_eval import CaseError, load_task, run_benchmark
 
     from tapct_app.backbone import load_backbone
     from tapct_app.intensity import model_normalize
@@ -99,17 +99,20 @@ def benchmark_command(
     loaders = ScanLoaders(model_normalize(model, intensity_stats))
     model_name = Path(model).name if Path(model).exists() else str(model)
     with atomic_output_dir(output) as tmp:
-        results = run_benchmark(
-            task,
-            backbone,
-            tmp,
-            seeds=tuple(seeds),
-            load_image=loaders.load_image,
-            load_label=loaders.load_label,
-            load_spacing=lambda p: loaders.volume(p).spacing,
-            device=str(dev),
-            model_name=model_name,
-        )
+        try:
+            results = run_benchmark(
+                task,
+                backbone,
+                tmp,
+                seeds=tuple(seeds),
+                load_image=loaders.load_image,
+                load_label=loaders.load_label,
+                load_spacing=lambda p: loaders.volume(p).spacing,
+                device=str(dev),
+                model_name=model_name,
+            )
+        except CaseError as exc:  # the message starts with the case's file
+            raise UserError(str(exc)) from exc
     console.print(results_table(results))
     console.print(
         f"{task.name}: {results.metric} {results.summary} over seeds {list(seeds)} -> {output}/"

@@ -43,6 +43,7 @@ from .segmentation import (
 from .task import (
     BenchmarkCase,
     BenchmarkTask,
+    CaseError,
     ClassificationCase,
     LocalisationCase,
     RegressionCase,
@@ -64,6 +65,7 @@ __all__ = [
     "BenchmarkCase",
     "BenchmarkResults",
     "BenchmarkTask",
+    "CaseError",
     "CasePrediction",
     "ClassificationCase",
     "ClipStats",

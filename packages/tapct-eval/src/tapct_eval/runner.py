@@ -30,7 +30,7 @@ from .features import ExtractedFeatures, extract_features
 from .kinds import TASK_KINDS, BenchmarkResults, KindContext, Scan
 from .labels import merge_totalsegmentator_labels, remap_labels
 from .loading import IntensityStats, load_image_monai, load_label_monai
-from .task import BenchmarkTask, load_task
+from .task import BenchmarkTask, CaseError, load_task
 
 __all__ = ["BenchmarkResults", "run_benchmark", "write_results"]
 
@@ -93,8 +93,8 @@ def _load_case(
     task, image: torch.Tensor, image_path: Path, label_path: Path | None, load_label, preprocess
 ):
     if image.ndim != 4 or image.shape[0] != 1:
-        raise ValueError(
-            f"load_image({image_path}) must give (1, D, H, W), got {tuple(image.shape)}"
+        raise CaseError(
+            f"{image_path}: load_image must give (1, D, H, W), got {tuple(image.shape)}"
         )
     label = None
     if label_path is not None:
@@ -104,13 +104,13 @@ def _load_case(
         elif task.label_map is not None:
             label = remap_labels(label, task.label_map)
         if tuple(label.shape) != tuple(image.shape[1:]):
-            raise ValueError(
-                f"label {label_path} grid {tuple(label.shape)} differs from image "
+            raise CaseError(
+                f"{label_path}: label grid {tuple(label.shape)} differs from image "
                 f"{image_path} grid {tuple(image.shape[1:])}"
             )
         if task.num_classes is not None and int(label.max()) >= task.num_classes:
-            raise ValueError(
-                f"label {label_path} holds id {int(label.max())} >= num_classes "
+            raise CaseError(
+                f"{label_path}: label holds id {int(label.max())} >= num_classes "
                 f"{task.num_classes} (set label_map?)"
             )
     return preprocess(image.float(), label)
@@ -166,8 +166,10 @@ def run_benchmark(
         outputs).
 
     Raises:
-        ValueError: on empty seeds, on loader outputs with wrong shapes/grids, or when
-            neither ``load_image`` nor ``intensity`` is given.
+        ValueError: on empty seeds, or when neither ``load_image`` nor ``intensity`` is
+            given.
+        CaseError: (a ValueError) on loader outputs with wrong shapes/grids and on a
+            case the kind cannot use (e.g. a structure missing from its label map).
         TaskFileError: when ``task`` is a path to an invalid task file.
     """
     task = task if isinstance(task, BenchmarkTask) else load_task(task)

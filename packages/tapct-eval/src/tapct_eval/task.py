@@ -75,6 +75,7 @@ import yaml
 __all__ = [
     "BenchmarkCase",
     "BenchmarkTask",
+    "CaseError",
     "ClassificationCase",
     "LocalisationCase",
     "ParseContext",
@@ -93,6 +94,12 @@ __all__ = [
 
 class TaskFileError(ValueError):
     """A task file is missing a key or holds an invalid value (names the file and key)."""
+
+
+class CaseError(ValueError):
+    """A case's data does not fit its task (a label off the image grid, a structure or a
+    lesion missing from a mask, an unknown voxel spacing); the message starts with the
+    file's path."""
 
 
 @attrs.frozen

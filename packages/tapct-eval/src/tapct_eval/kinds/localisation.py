@@ -24,7 +24,7 @@ from torch import nn
 
 from ..figures import plot_localisation
 from ..metrics import summarize_folds
-from ..task import ParseContext, labelled_cases, parse_label_map
+from ..task import CaseError, ParseContext, SegmentationCase, labelled_cases, parse_label_map
 from .base import BenchmarkResults, CasePrediction, KindContext, Scan, TaskKind
 
 __all__ = ["LOCALISATION", "SoftArgmaxLocaliser", "patch_centres_mm", "structure_centroid_mm"]
@@ -94,17 +94,17 @@ class SoftArgmaxLocaliser(nn.Module):
         return self.heatmap(features).flatten(1) @ centres
 
 
-def _case_inputs(scan: Scan, structure: int, patch: tuple[int, int, int]):
+def _case_inputs(scan: Scan, case: SegmentationCase, structure: int, patch: tuple[int, int, int]):
     if scan.spacing is None:
-        raise ValueError(
-            f"{scan.scan_id}: localisation needs the voxel spacing: give run_benchmark a "
+        raise CaseError(
+            f"{case.image}: localisation needs the voxel spacing: give run_benchmark a "
             "load_spacing or set 'spacing' in the task file"
         )
     assert scan.label is not None
     try:
         target = structure_centroid_mm(scan.label, structure, scan.spacing)
     except ValueError as exc:
-        raise ValueError(f"{scan.scan_id}: {exc}") from None
+        raise CaseError(f"{case.label}: {exc}") from None
     centres = patch_centres_mm(tuple(scan.patch_features.shape[1:]), patch, scan.spacing)
     return scan.patch_features.float(), centres, target
 
@@ -140,15 +140,15 @@ def run(ctx: KindContext) -> BenchmarkResults:
         ``mae_y_mm``, ``mae_x_mm`` in ``per_class``.
 
     Raises:
-        ValueError: when a case lacks the structure or its spacing is unknown.
+        CaseError: when a case lacks the structure or its spacing is unknown.
     """
     task, patch, device = ctx.task, ctx.patch_size, ctx.device
     structure = int(task.structure or 0)
     train = [
-        _case_inputs(ctx.scan(c.case_id, c.image, c.label), structure, patch) for c in task.train
+        _case_inputs(ctx.scan(c.case_id, c.image, c.label), c, structure, patch) for c in task.train
     ]
     test_scans = [ctx.scan(c.case_id, c.image, c.label) for c in task.test]
-    test = [_case_inputs(s, structure, patch) for s in test_scans]
+    test = [_case_inputs(s, c, structure, patch) for s, c in zip(test_scans, task.test)]
     y_test = torch.stack([t for _, _, t in test]).numpy()
     scale = float(np.mean([p * s for p, s in zip(patch, test_scans[0].spacing or (1, 1, 1))]))
     errors: list[float] = []

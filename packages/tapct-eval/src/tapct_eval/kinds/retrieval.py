@@ -22,7 +22,7 @@ from sklearn.metrics import average_precision_score
 from ..figures import plot_retrieval_heatmap
 from ..metrics import summarize_folds
 from ..retrieval import masked_patch_features, retrieve_patches
-from ..task import ParseContext, RetrievalCase, parse_label_map
+from ..task import CaseError, ParseContext, RetrievalCase, parse_label_map
 from .base import BenchmarkResults, CasePrediction, KindContext, TaskKind, patch_mask
 
 __all__ = ["RETRIEVAL", "rank_and_average_precision"]
@@ -103,7 +103,7 @@ def run(ctx: KindContext) -> BenchmarkResults:
         and ``hit@k`` in ``per_class``.
 
     Raises:
-        ValueError: when a query or follow-up mask holds no lesion voxel.
+        CaseError: when a query or follow-up mask holds no lesion voxel.
     """
     task, patch = ctx.task, ctx.patch_size
     aps: list[float] = []
@@ -118,7 +118,7 @@ def run(ctx: KindContext) -> BenchmarkResults:
         if not bool(mask.any()):
             mask = patch_mask(query.label, task.label_value, patch, q_grid, threshold=0)
         if not bool(mask.any()):
-            raise ValueError(f"{case.label}: the query mask holds no lesion voxel")
+            raise CaseError(f"{case.label}: the query mask holds no lesion voxel")
         relevant = patch_mask(
             target.label,
             task.label_value,
@@ -127,7 +127,7 @@ def run(ctx: KindContext) -> BenchmarkResults:
             threshold=0,
         )
         if not bool(relevant.any()):
-            raise ValueError(f"{case.target_label}: the follow-up mask holds no lesion voxel")
+            raise CaseError(f"{case.target_label}: the follow-up mask holds no lesion voxel")
         hit = retrieve_patches(
             masked_patch_features(query.patch_features, mask),
             target.patch_features,
