@@ -52,9 +52,10 @@ def test_registry_holds_six_kinds(tmp_path):
 # ------------------------------------------------------------------ regression
 
 
-def test_regression_recovers_organ_volume(tmp_path, local_backbone):
+@pytest.mark.parametrize("head", ["linear", "abmil"])
+def test_regression_recovers_organ_volume(tmp_path, local_backbone, head):
     """Target = the box's volume in ml from the label map; a linear head on mean-pooled
-    tokens recovers it (the patch embedding is linear in the voxels)."""
+    tokens recovers it (the patch embedding is linear in the voxels); ABMIL less well."""
     g = np.random.default_rng(0)
     images, rows = {}, []
     voxel_ml = 2.0 * 1.0 * 1.0 / 1000  # (2, 1, 1) mm voxels
@@ -70,8 +71,8 @@ def test_regression_recovers_organ_volume(tmp_path, local_backbone):
     (tmp_path / "cases.csv").write_text("image,split,volume_ml\n" + "\n".join(rows))
     (tmp_path / "task.yaml").write_text(
         "name: vol\nkind: regression\nroi_size: [4, 8, 8]\noverlap: 0.0\ncsv: cases.csv\n"
-        "target_columns: [volume_ml]\nhead: linear\nsteps: 150\naccumulation_steps: 4\n"
-        "lr: 0.05\n"
+        f"target_columns: [volume_ml]\nhead: {head}\nsteps: 150\naccumulation_steps: 4\n"
+        f"lr: {0.05 if head == 'linear' else 0.01}\n"
     )
     res = run_benchmark(
         tmp_path / "task.yaml",
@@ -89,8 +90,11 @@ def test_regression_recovers_organ_volume(tmp_path, local_backbone):
     assert res.per_class["pearson_r"].mean == pytest.approx(
         np.mean([pearsonr(*_predictions(res, s)[::-1]).statistic.item() for s in (0, 1, 2)])
     )
-    assert res.per_class["pearson_r"].mean > 0.97
-    assert res.summary.mean < 0.25 * np.abs(truth - truth.mean()).mean()  # << predicting the mean
+    # linear: r 0.997, MAE 0.03 ml; ABMIL (its attention weighs the windows, while the
+    # volume is their sum): r 0.89, MAE 0.12 ml; predicting the mean: MAE 0.25 ml
+    min_r, max_mae = (0.97, 0.25) if head == "linear" else (0.8, 0.6)
+    assert res.per_class["pearson_r"].mean > min_r
+    assert res.summary.mean < max_mae * np.abs(truth - truth.mean()).mean()
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["kind"] == "regression" and saved["mean"] == pytest.approx(res.summary.mean)
     with (tmp_path / "out" / "predictions.csv").open() as handle:
