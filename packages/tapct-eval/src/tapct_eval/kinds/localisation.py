@@ -144,13 +144,17 @@ def run(ctx: KindContext) -> BenchmarkResults:
     """
     task, patch, device = ctx.task, ctx.patch_size, ctx.device
     structure = int(task.structure or 0)
+    train_scans = [ctx.scan(c.case_id, c.image, c.label) for c in task.train]
     train = [
-        _case_inputs(ctx.scan(c.case_id, c.image, c.label), c, structure, patch) for c in task.train
+        _case_inputs(s, c, structure, patch) for s, c in zip(train_scans, task.train, strict=True)
     ]
     test_scans = [ctx.scan(c.case_id, c.image, c.label) for c in task.test]
-    test = [_case_inputs(s, c, structure, patch) for s, c in zip(test_scans, task.test)]
+    test = [
+        _case_inputs(s, c, structure, patch) for s, c in zip(test_scans, task.test, strict=True)
+    ]
     y_test = torch.stack([t for _, _, t in test]).numpy()
-    scale = float(np.mean([p * s for p, s in zip(patch, test_scans[0].spacing or (1, 1, 1))]))
+    # the loss counts in patch sizes (mm) of the first training scan
+    scale = float(np.mean([p * s for p, s in zip(patch, train_scans[0].spacing or (1, 1, 1))]))
     errors: list[float] = []
     axis_mae: list[np.ndarray] = []
     predictions: list[CasePrediction] = []
