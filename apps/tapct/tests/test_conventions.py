@@ -136,7 +136,7 @@ def test_benchmark_reports_progress_per_case_and_step(tmp_path, capsys, monkeypa
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("benchmark: ")]
     # 3 cases' features + 1 seed x 3 steps = 6 units; a line each (every 5 % of 6 is 1).
     assert [ln.split(" steps ")[0] for ln in lines] == [f"benchmark: {k}/6" for k in range(1, 7)]
-    assert lines[0].endswith(", features of train case ct0")
+    assert lines[0].endswith(", features of ct0")
     assert lines[-1].endswith(", eta 0:00:00, seed 0: step 3/3")
 
 

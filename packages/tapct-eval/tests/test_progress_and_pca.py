@@ -31,8 +31,8 @@ def test_run_benchmark_reports_every_case_and_every_step(tmp_path, local_backbon
     total = 6 + 2 * 3  # one unit per case's features, one per optimizer step of each seed
     assert [c[0] for c in calls] == list(range(1, total + 1))
     assert {c[1] for c in calls} == {total}
-    assert calls[0][2] == "features of train case case0"
-    assert calls[5][2] == "features of test case case5"
+    assert calls[0][2] == "features of case0"
+    assert calls[5][2] == "features of case5"
     assert [c[2] for c in calls[6:]] == [f"seed {s}: step {k}/3" for s in (0, 1) for k in (1, 2, 3)]
 
 

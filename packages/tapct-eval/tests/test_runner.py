@@ -58,7 +58,7 @@ def test_load_task_resolves_cases(seg_task):
 @pytest.mark.parametrize(
     ("change", "key"),
     [
-        ({"kind": "regression"}, "kind"),
+        ({"kind": "report_generation"}, "kind"),
         ({"roi_size": [4, 8]}, "roi_size"),
         ({"overlap": 1.5}, "overlap"),
         ({"train": {"images": "nope", "labels": "x"}}, "train.images"),
@@ -92,6 +92,8 @@ def test_run_benchmark_segmentation(seg_task, tmp_path, local_backbone):
         seg_task, local_backbone, out, seeds=(0, 1), model_name="local", intensity=PAPER_STATS
     )
     assert res.metric == "dice" and len(res.per_seed) == 2
+    # the numbers of the runner before the kinds moved onto TASK_KINDS (same seeds)
+    assert res.per_seed == pytest.approx([0.9739478826522827, 0.9253731369972229], abs=1e-5)
     assert res.summary.mean > 0.8
     assert set(res.per_class) == {"box"}
     saved = json.loads((out / "results.json").read_text())
@@ -129,3 +131,32 @@ def test_run_benchmark_classification_with_injected_loader(tmp_path, local_backb
     assert res.metric == "auc"
     assert res.summary.mean == pytest.approx(1.0)
     assert "micro_ap" in res.per_class
+
+
+def test_classification_numbers_unchanged_on_the_registry(tmp_path, tiny_vit):
+    """Noisy classes, 3 seeds: the per-seed AUC and AP of the runner before TASK_KINDS."""
+    rows = ["image,split,label"]
+    for i in range(16):
+        rows.append(f"case{i}.npy,{'train' if i < 10 else 'test'},{i % 2}")
+    (tmp_path / "cases.csv").write_text("\n".join(rows))
+    (tmp_path / "task.yaml").write_text(
+        "name: cls\nkind: classification\nroi_size: [4, 8, 8]\nnum_classes: 1\n"
+        "csv: cases.csv\nsteps: 20\naccumulation_steps: 4\nlr: 0.01\n"
+    )
+
+    def load_image(path):
+        i = int(path.stem[4:])
+        g = torch.Generator().manual_seed(i)
+        return (
+            torch.randn(1, 8, 16, 16, generator=g) * 0.1
+            + (0.05 if i % 2 else -0.05)
+            + torch.randn(1, 8, 16, 16, generator=g)
+        )
+
+    res = run_benchmark(
+        tmp_path / "task.yaml", tiny_vit, tmp_path / "out", seeds=(0, 1, 2), load_image=load_image
+    )
+    assert res.kind == "classification"
+    assert res.per_seed == pytest.approx([7 / 9, 1 / 3, 2 / 3], abs=1e-6)
+    assert res.per_class["micro_ap"].mean == pytest.approx(0.687037037037037, abs=1e-5)
+    assert res.per_class["micro_ap"].std == pytest.approx(0.13382112418621975, abs=1e-5)

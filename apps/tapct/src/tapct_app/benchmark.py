@@ -8,7 +8,36 @@ from typing import Any
 
 from tapct_app.errors import UserError, user_errors_from
 
-__all__ = ["benchmark_command"]
+__all__ = ["benchmark_command", "results_table"]
+
+
+def results_table(results: Any) -> Any:
+    """A rich table of one task's results: the main metric and the secondary ones.
+
+    Args:
+        results: A ``tapct_eval.BenchmarkResults``.
+
+    Returns:
+        A ``rich.table.Table`` (mean, std and the number of valid seeds, or of query pairs
+        for retrieval, per row).
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    spread = "query pairs" if results.kind == "retrieval" else "seeds"
+    table = Table(
+        title=Text(
+            f"{results.task} / {results.model} ({results.kind}): {results.metric} "
+            f"(mean ± std over {spread})"
+        )
+    )
+    for column in ("class" if results.kind == "segmentation" else "metric", "mean", "std", "valid"):
+        table.add_column(column)
+    rows = [("all" if results.kind == "segmentation" else results.metric, results.summary)]
+    rows += list(results.per_class.items())
+    for name, s in rows:
+        table.add_row(Text(str(name)), f"{s.mean:.3f}", f"{s.std:.3f}", f"{s.n_valid}/{s.n_total}")
+    return table
 
 
 def benchmark_command(
@@ -41,7 +70,7 @@ def benchmark_command(
             task's classes (``tapct_eval.LabelError``), a bad model or device.
     """
     from tapct_data import strip_image_suffix
-    from tapct_eval import LabelError, load_task, run_benchmark
+    from tapct_eval import CaseError, LabelError, load_task, run_benchmark
 
     from tapct_app.devices import resolve_device
     from tapct_app.intensity import model_normalize
@@ -84,13 +113,14 @@ def benchmark_command(
                 seeds=tuple(seeds),
                 load_image=loaders.load_image,
                 load_label=loaders.load_label,
+                load_spacing=lambda p: loaders.volume(p).spacing,
                 device=str(dev),
                 model_name=model_name,
-                console=console,
                 progress=progress,
             )
-        except LabelError as exc:  # a label the task cannot use: "<label path>: <problem>"
+        except (LabelError, CaseError) as exc:  # the message starts with the case's file
             raise UserError(str(exc)) from exc
+    console.print(results_table(results))
     console.print(
         f"{task.name}: {results.metric} {results.summary} over seeds {list(seeds)} -> {output}/"
     )

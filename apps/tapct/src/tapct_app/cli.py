@@ -436,7 +436,8 @@ def benchmark(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     intensity_stats: Annotated[Path | None, typer.Option(help=_MODEL_INTENSITY_HELP)] = None,
 ) -> None:
-    """Frozen-feature benchmark (linear segmentation probe / ABMIL): tables, JSON/CSV, figures."""
+    """Frozen-feature benchmark of six kinds (segmentation, classification, regression,
+    survival, retrieval, localisation): tables, JSON/CSV, figures."""
     _runtime_policy()
     from tapct_app.benchmark import benchmark_command
 

@@ -6,7 +6,15 @@ Needs only the backbone interface (``.patch_size``, ``.embed_dim``, DINOv2's
 
 from .abmil import ABMIL, ABMILTrainingConfig, predict_abmil, train_abmil
 from .features import ExtractedFeatures, FeatureExtractor, extract_features
-from .figures import plot_retrieval_heatmap, plot_segmentation_overlay
+from .figures import (
+    pca_rgb,
+    plot_localisation,
+    plot_pca_planes,
+    plot_prediction_scatter,
+    plot_retrieval_heatmap,
+    plot_segmentation_overlay,
+)
+from .kinds import TASK_KINDS, CasePrediction, KindContext, Scan, TaskKind
 from .label_checks import (
     LabelCoverWarning,
     LabelError,
@@ -35,7 +43,7 @@ from .metrics import (
     summarize_folds,
 )
 from .retrieval import RetrievalResult, masked_patch_features, retrieve_patches
-from .runner import BenchmarkResults, run_benchmark
+from .runner import BenchmarkResults, run_benchmark, write_results
 from .segmentation import (
     LinearSegmentationProbe,
     ProbeTrainingConfig,
@@ -43,10 +51,24 @@ from .segmentation import (
     predict_segmentation,
     train_segmentation_probe,
 )
-from .task import BenchmarkCase, BenchmarkTask, TaskFileError, first_dot_stem, load_task
+from .task import (
+    BenchmarkCase,
+    BenchmarkTask,
+    CaseError,
+    ClassificationCase,
+    LocalisationCase,
+    RegressionCase,
+    RetrievalCase,
+    SegmentationCase,
+    SurvivalCase,
+    TaskFileError,
+    first_dot_stem,
+    load_task,
+)
 
 __all__ = [
     "ABMIL",
+    "TASK_KINDS",
     "TOTALSEGMENTATOR_49_CLASSES",
     "TOTALSEGMENTATOR_V2_CLASSES",
     "TOTALSEGMENTATOR_V2_TO_49",
@@ -54,18 +76,29 @@ __all__ = [
     "BenchmarkCase",
     "BenchmarkResults",
     "BenchmarkTask",
+    "CaseError",
+    "CasePrediction",
+    "ClassificationCase",
     "ClipStats",
     "ExtractedFeatures",
     "FeatureExtractor",
     "FoldSummary",
     "IntensityStats",
+    "KindContext",
     "LabelCoverWarning",
     "LabelError",
     "LabelOverlap",
     "LinearSegmentationProbe",
+    "LocalisationCase",
     "ProbeTrainingConfig",
+    "RegressionCase",
+    "RetrievalCase",
     "RetrievalResult",
+    "Scan",
+    "SegmentationCase",
+    "SurvivalCase",
     "TaskFileError",
+    "TaskKind",
     "UndefinedMetricWarning",
     "auc_score",
     "check_label_image",
@@ -84,6 +117,10 @@ __all__ = [
     "merge_totalsegmentator_labels",
     "micro_average_precision",
     "multilabel_micro_auc",
+    "pca_rgb",
+    "plot_localisation",
+    "plot_pca_planes",
+    "plot_prediction_scatter",
     "plot_retrieval_heatmap",
     "plot_segmentation_overlay",
     "predict_abmil",
@@ -95,4 +132,5 @@ __all__ = [
     "summarize_folds",
     "train_abmil",
     "train_segmentation_probe",
+    "write_results",
 ]

@@ -1,5 +1,6 @@
-"""PNG figures: segmentation overlays (paper Fig. 4), retrieval heat maps (paper Fig. 2) and
-the PCA picture of patch features (``tapct embed``).
+"""PNG figures: segmentation overlays (paper Fig. 4), retrieval heat maps (paper Fig. 2),
+prediction scatter plots (regression, survival), localisation markers and the PCA picture of
+patch features (``tapct embed``).
 
 Matplotlib runs with the Agg backend (no display needed). Axial slices ``x[k]`` of the
 canonical ``(D, H, W)`` arrays display in the radiological convention (patient right on
@@ -19,7 +20,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pca_rgb", "plot_pca_planes", "plot_retrieval_heatmap", "plot_segmentation_overlay"]
+__all__ = [
+    "pca_rgb",
+    "plot_localisation",
+    "plot_pca_planes",
+    "plot_prediction_scatter",
+    "plot_retrieval_heatmap",
+    "plot_segmentation_overlay",
+]
 
 
 def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -208,7 +216,6 @@ def plot_pca_planes(
         patch_size: ``(pd, ph, pw)`` voxels per patch.
         path: The PNG.
         title: Figure title.
-
     Returns:
         The written path.
     """
@@ -250,3 +257,93 @@ def plot_pca_planes(
     fig.savefig(path, format="png")
     plt.close(fig)
     return path
+
+
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_prediction_scatter(
+    x: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+    identity: bool = False,
+    marked: np.ndarray | torch.Tensor | None = None,
+) -> Path:
+    """Write a scatter plot of one value against another (e.g. prediction vs truth) as a PNG.
+
+    Args:
+        x: ``(n,)`` values on the horizontal axis.
+        y: ``(n,)`` values on the vertical axis.
+        path: PNG file to write (parents are created).
+        xlabel: horizontal axis label (with units).
+        ylabel: vertical axis label.
+        title: figure title.
+        identity: draw the line ``y = x`` (prediction against truth).
+        marked: ``(n,)`` bool; those points are drawn as crosses (e.g. censored cases).
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: when ``x`` and ``y`` differ in length.
+    """
+    xs, ys = _np(x).reshape(-1), _np(y).reshape(-1)
+    if xs.shape != ys.shape:
+        raise ValueError(f"x {xs.shape} and y {ys.shape} differ")
+    mark = np.zeros(len(xs), bool) if marked is None else _np(marked).reshape(-1).astype(bool)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(xs[~mark], ys[~mark], marker="o", s=18)
+    if mark.any():
+        ax.scatter(xs[mark], ys[mark], marker="x", s=18)
+    if identity and len(xs):
+        lo, hi = float(min(xs.min(), ys.min())), float(max(xs.max(), ys.max()))
+        ax.plot([lo, hi], [lo, hi], color="grey", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=8)
+    return _save(fig, path)
+
+
+def plot_localisation(
+    image: torch.Tensor | np.ndarray,
+    truth: Sequence[float] | np.ndarray,
+    prediction: Sequence[float] | np.ndarray,
+    path: str | Path,
+    *,
+    title: str | None = None,
+) -> Path:
+    """Write the axial slice through a structure with its true and predicted centre as a PNG.
+
+    Args:
+        image: ``(1, D, H, W)`` or ``(D, H, W)`` volume.
+        truth: ``(z, y, x)`` true position in voxels (fractional allowed).
+        prediction: ``(z, y, x)`` predicted position in voxels.
+        path: PNG file to write.
+        title: figure title.
+
+    Returns:
+        The written path.
+    """
+    img = _np(image)
+    img = img[0] if img.ndim == 4 else img
+    t, p = np.asarray(truth, float), np.asarray(prediction, float)
+    k = int(np.clip(round(t[0]), 0, img.shape[0] - 1))
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(img[k], cmap="gray")
+    ax.plot(t[2], t[1], "o", color="lime", markersize=8, fillstyle="none", label="truth")
+    ax.plot(p[2], p[1], "x", color="red", markersize=8, label=f"prediction (slice {p[0]:.0f})")
+    ax.legend(fontsize=6, loc="lower right")
+    ax.set_title(title or f"slice {k}", fontsize=8)
+    ax.axis("off")
+    return _save(fig, path)

@@ -309,19 +309,22 @@ def check_label_image(
 
 
 def bad_label_values(
-    label: torch.Tensor, num_classes: int, ignore_index: int | None = None
+    label: torch.Tensor, num_classes: int | None, ignore_index: int | None = None
 ) -> list[int]:
     """The distinct values of a label map outside ``0..num_classes-1`` (and not ignored).
 
     Args:
         label: Integer labels, any shape.
-        num_classes: Classes including background.
+        num_classes: Classes including background; None (a kind that reads structure or
+            lesion ids, not classes) checks only that no value is negative.
         ignore_index: A value that marks voxels to leave out (allowed), or None.
 
     Returns:
         The sorted bad values (empty when all are valid).
     """
-    bad = (label < 0) | (label >= num_classes)
+    bad = label < 0
+    if num_classes is not None:
+        bad |= label >= num_classes
     if ignore_index is not None:
         bad &= label != ignore_index
     if not bool(bad.any()):
@@ -345,7 +348,7 @@ def prepare_label(
     label: torch.Tensor,
     path: str | Path,
     *,
-    num_classes: int,
+    num_classes: int | None,
     label_map: str | Mapping[int, int] | None = None,
     ignore_index: int | None = None,
     task_file: str | Path | None = None,
@@ -358,7 +361,8 @@ def prepare_label(
     Args:
         label: ``(D, H, W)`` integer labels on the image grid.
         path: The label file (leads the message).
-        num_classes: Classes including background (after ``label_map``).
+        num_classes: Classes including background (after ``label_map``); None for kinds
+            that read structure or lesion ids (only negative values are refused).
         label_map: None, ``"totalsegmentator_49"`` or an ``{old_id: new_id}`` mapping.
         ignore_index: The value marking voxels to leave out of loss and Dice, or None.
         task_file: The task file, named in the message.
@@ -403,9 +407,10 @@ def prepare_label(
     bad = bad_label_values(label, num_classes, ignore_index)
     if bad:
         after = " after the label_map" if label_map is not None else ""
+        allowed = f"0..{num_classes - 1}" if num_classes is not None else "ids >= 0"
         raise LabelError(
             path,
-            f"label values {_show(bad)}{after} are outside 0..{num_classes - 1} "
+            f"label values {_show(bad)}{after} are outside {allowed} "
             f"(num_classes {num_classes}{of_task}){ignoring}; "
             f"{_hint(bad, ignore_index, 'check num_classes and label_map')}",
         )

@@ -2,20 +2,21 @@
 
 For a :class:`~tapct_eval.task.BenchmarkTask` and a backbone, :func:`run_benchmark`
 
-1. loads every case (injectable ``load_image``/``load_label``; MONAI defaults), applies
-   the label map and the in-plane resize, and extracts sliding-window features once,
-   caching them under ``output_dir/features/<model_name>/``;
-2. trains the paper's head for each seed (segmentation: linear probe, batch 1 x 4
-   accumulation; classification: ABMIL on window cls tokens, batch 1 x 16);
-3. reports mean +- std over seeds as a rich table, ``results.json`` and ``results.csv``,
-   plus PNG figures (segmentation overlay, retrieval heat map) for segmentation tasks.
+1. looks the task's kind up in :data:`~tapct_eval.kinds.TASK_KINDS`;
+2. hands the kind a scan loader that loads a case (injectable ``load_image``/
+   ``load_label``; MONAI defaults), applies the label map and the in-plane resize, and
+   extracts sliding-window features once, caching them under
+   ``output_dir/features/<model_name>/``;
+3. the kind trains its head for each seed and returns typed
+   :class:`~tapct_eval.kinds.BenchmarkResults` (mean +- std over seeds) with its figures;
+4. writes ``results.json``, ``results.csv`` and, for kinds with per-case outputs,
+   ``predictions.csv``. Printing tables is the caller's business (the ``tapct`` app).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,85 +24,22 @@ from typing import Any
 import attrs
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.table import Table
 from torch import nn
 
 from ._backbone import backbone_patch_size
-from .abmil import ABMILTrainingConfig, predict_abmil, train_abmil
 from .features import ExtractedFeatures, extract_features
-from .figures import plot_retrieval_heatmap, plot_segmentation_overlay
+from .kinds import TASK_KINDS, BenchmarkResults, KindContext, Scan
+from .kinds.base import Ticker
 from .label_checks import prepare_label
-from .labels import TOTALSEGMENTATOR_49_CLASSES
 from .loading import IntensityStats, load_image_monai, load_label_monai
-from .metrics import (
-    FoldSummary,
-    auc_score,
-    micro_average_precision,
-    multilabel_micro_auc,
-    summarize_folds,
-)
-from .retrieval import masked_patch_features, retrieve_patches
-from .segmentation import (
-    LinearSegmentationProbe,
-    ProbeTrainingConfig,
-    evaluate_segmentation,
-    predict_segmentation,
-    train_segmentation_probe,
-)
-from .task import BenchmarkCase, BenchmarkTask, load_task
+from .task import BenchmarkTask, CaseError, load_task
 
-__all__ = ["BenchmarkResults", "run_benchmark"]
+__all__ = ["BenchmarkResults", "run_benchmark", "write_results"]
 
 ImageLoader = Callable[[Path], torch.Tensor]
 LabelLoader = Callable[[Path, Path], torch.Tensor]
+SpacingLoader = Callable[[Path], Sequence[float]]
 Preprocess = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
-
-
-@attrs.frozen
-class BenchmarkResults:
-    """Results of one task for one model.
-
-    Attributes:
-        task: task name.
-        model: model name.
-        metric: name of the main metric (``dice``, ``auc``, ``micro_auc``).
-        summary: main metric over seeds.
-        per_seed: main metric of each seed.
-        per_class: per-class (segmentation) or secondary metrics, name -> summary.
-        files: written outputs (json, csv, figures).
-    """
-
-    task: str
-    model: str
-    metric: str
-    summary: FoldSummary
-    per_seed: tuple[float, ...]
-    per_class: dict[str, FoldSummary]
-    files: dict[str, Path]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (NaN written as null)."""
-
-        def num(x: float) -> float | None:
-            return None if math.isnan(x) else x
-
-        def summ(s: FoldSummary) -> dict[str, Any]:
-            return {
-                "mean": num(s.mean),
-                "std": num(s.std),
-                "n_valid": s.n_valid,
-                "n_total": s.n_total,
-            }
-
-        return {
-            "task": self.task,
-            "model": self.model,
-            "metric": self.metric,
-            **summ(self.summary),
-            "per_seed": [num(v) for v in self.per_seed],
-            "per_class": {k: summ(v) for k, v in self.per_class.items()},
-        }
 
 
 def _default_preprocess(task: BenchmarkTask) -> Preprocess:
@@ -153,66 +91,30 @@ def _cached_features(
     return stored
 
 
-def _load_case(task, case: BenchmarkCase, load_image, load_label, preprocess):
-    image = load_image(case.image)
+def _load_case(
+    task, image: torch.Tensor, image_path: Path, label_path: Path | None, load_label, preprocess
+):
     if image.ndim != 4 or image.shape[0] != 1:
-        raise ValueError(
-            f"load_image({case.image}) must give (1, D, H, W), got {tuple(image.shape)}"
+        raise CaseError(
+            f"{image_path}: load_image must give (1, D, H, W), got {tuple(image.shape)}"
         )
     label = None
-    if case.label is not None:
+    if label_path is not None:
+        # The one check of label values (label map, classes, ignore_index): LabelError.
         label = prepare_label(
-            torch.as_tensor(load_label(case.label, case.image)),
-            case.label,
+            torch.as_tensor(load_label(label_path, image_path)),
+            label_path,
             num_classes=task.num_classes,
             label_map=task.label_map,
             ignore_index=task.ignore_index,
             task_file=task.source,
         )
         if tuple(label.shape) != tuple(image.shape[1:]):
-            raise ValueError(
-                f"label {case.label} grid {tuple(label.shape)} differs from image "
-                f"{case.image} grid {tuple(image.shape[1:])}"
+            raise CaseError(
+                f"{label_path}: label grid {tuple(label.shape)} differs from image "
+                f"{image_path} grid {tuple(image.shape[1:])}"
             )
     return preprocess(image.float(), label)
-
-
-def _class_names(task: BenchmarkTask) -> tuple[str, ...]:
-    if task.class_names is not None:
-        return task.class_names
-    if task.label_map == "totalsegmentator_49" and task.num_classes == 49:
-        return TOTALSEGMENTATOR_49_CLASSES
-    return tuple(f"class_{i}" for i in range(task.num_classes))
-
-
-def _without_ignored(label: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
-    """Labels with ``ignore_index`` voxels shown as background (for figures)."""
-    return label if ignore_index is None else label.masked_fill(label == ignore_index, 0)
-
-
-def _patch_mask(
-    label: torch.Tensor, cls: int, patch: Sequence[int], grid: Sequence[int]
-) -> torch.Tensor:
-    one = (label == cls).float()[None, None]
-    full = [g * p for g, p in zip(grid, patch)]
-    one = F.pad(one, [x for d in (2, 1, 0) for x in (0, full[d] - one.shape[2 + d])])
-    return F.avg_pool3d(one, kernel_size=tuple(patch))[0, 0] >= 0.5  # (t, h, w) majority
-
-
-class _Ticker:
-    """Counts units of work and reports ``progress(done, total, what)`` after each."""
-
-    def __init__(self, progress: Callable[[int, int, str], None] | None, total: int) -> None:
-        self.progress, self.total, self.done = progress, total, 0
-
-    def __call__(self, what: str) -> None:
-        self.done += 1
-        if self.progress is not None:
-            self.progress(self.done, self.total, what)
-
-    def steps_of(self, seed: int, steps: int) -> Callable[[int], None]:
-        """The ``on_step`` hook of one seed's head training."""
-        return lambda step: self(f"seed {seed}: step {step}/{steps}")
 
 
 def run_benchmark(
@@ -225,10 +127,10 @@ def run_benchmark(
     load_label: LabelLoader | None = None,
     intensity: IntensityStats | Sequence[float] | None = None,
     preprocess: Preprocess | None = None,
+    load_spacing: SpacingLoader | None = None,
     device: str = "cpu",
     model_name: str | None = None,
     sw_batch_size: int = 1,
-    console: Console | None = None,
     figures: bool = True,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> BenchmarkResults:
@@ -246,6 +148,9 @@ def run_benchmark(
             normalised with ``intensity``.
         load_label: ``(label_path, image_path) -> (D, H, W)`` int64 on the image grid.
             Default :func:`~tapct_eval.loading.load_label_monai`.
+        load_spacing: ``image_path -> (sd, sh, sw)`` voxel size in mm of what
+            ``load_image`` returns (localisation; default the task's ``spacing``). An
+            in-plane resize by ``preprocess`` is accounted for.
         intensity: the clip/normalisation statistics the model was trained with
             (:class:`~tapct_eval.loading.ClipStats`, ``tapct_data.NormalizeConfig`` or
             ``(lower, upper, mean, std)`` in HU); required when ``load_image`` is None.
@@ -256,21 +161,19 @@ def run_benchmark(
         device: where the backbone and heads run.
         model_name: names the feature cache and the results (default: class name).
         sw_batch_size: windows per backbone call.
-        console: rich console for the table (default: a new one).
         figures: write the PNG figures.
-        progress: called as ``progress(done, total, what)`` after each unit of work: the
-            features of one case, then each optimizer step of each seed's head
-            (``total = cases + seeds * task.steps``), e.g. for a progress bar with ETA.
+        progress: ``(done, total, what)`` called after the features of each scan and
+            after each optimizer step of a head (:class:`~tapct_eval.kinds.base.Ticker`).
 
     Returns:
-        :class:`BenchmarkResults`.
+        :class:`~tapct_eval.kinds.BenchmarkResults` (``files`` holds the written
+        outputs).
 
     Raises:
-        ValueError: on empty seeds, on loader outputs with wrong shapes/grids, or when
-            neither ``load_image`` nor ``intensity`` is given.
-        LabelError: (a ValueError naming the label file) for a label the task cannot
-            use (see :func:`~tapct_eval.label_checks.prepare_label`); every case is
-            loaded and checked before any feature is computed.
+        ValueError: on empty seeds, or when neither ``load_image`` nor ``intensity`` is
+            given.
+        CaseError: (a ValueError) on loader outputs with wrong shapes/grids and on a
+            case the kind cannot use (e.g. a structure missing from its label map).
         TaskFileError: when ``task`` is a path to an invalid task file.
     """
     task = task if isinstance(task, BenchmarkTask) else load_task(task)
@@ -292,164 +195,69 @@ def run_benchmark(
     name = model_name or type(model).__name__
     out = Path(output_dir)
     cache_dir = out / "features" / name / task.name
-    loaded = {  # every case is loaded (and its label checked) before any feature
-        split: [(c, *_load_case(task, c, load_image, load_label, preprocess)) for c in cases]
-        for split, cases in (("train", task.train), ("test", task.test))
-    }
-    data: dict[str, list] = {"train": [], "test": []}
-    tick = _Ticker(progress, len(task.train) + len(task.test) + len(seeds) * task.steps)
-    for split, items in loaded.items():
-        for case, image, label in items:
-            feats = _cached_features(
-                model, image, cache_dir / f"{case.case_id}.pt", task, device, sw_batch_size
+
+    n_cases = len(task.train) + len(task.test)
+    ticker = Ticker(progress, n_cases + (len(seeds) * task.steps if task.train else 0), task.steps)
+    loaded: dict[tuple[Path, Path | None], tuple[torch.Tensor, torch.Tensor, Any]] = {}
+
+    def load(image_path: Path, label_path: Path | None):
+        raw = load_image(image_path)
+        image, label = _load_case(task, raw, image_path, label_path, load_label, preprocess)
+        return raw, image, label
+
+    # Every label is loaded and checked against its image before any feature is computed,
+    # so a bad label stops the run at once (LabelError) instead of after hours of windows.
+    for case in (*task.train, *task.test):
+        label_path = getattr(case, "label", None)
+        if label_path is not None:
+            loaded[(case.image, label_path)] = load(case.image, label_path)
+
+    def scan(scan_id: str, image_path: Path, label_path: Path | None) -> Scan:
+        cached = loaded.pop((image_path, label_path), None)
+        raw, image, label = cached if cached is not None else load(image_path, label_path)
+        given = load_spacing(image_path) if load_spacing is not None else task.spacing
+        spacing = None
+        if given is not None:  # the voxel size of the preprocessed grid
+            sd, sh, sw = (
+                float(s) * r / n
+                for s, r, n in zip(given, raw.shape[1:], image.shape[1:], strict=True)
             )
-            data[split].append((case, image, label, feats))
-            tick(f"features of {split} case {case.case_id}")
-    if task.kind == "segmentation":
-        results = _run_segmentation(task, model, name, data, seeds, device, out, figures, tick)
-    else:
-        results = _run_classification(task, name, data, seeds, device, tick)
-    files = _write_reports(results, out, console)
+            spacing = (sd, sh, sw)
+        feats = _cached_features(
+            model, image, cache_dir / f"{scan_id}.pt", task, device, sw_batch_size
+        )
+        ticker(f"features of {scan_id}")
+        return Scan(
+            scan_id, image, label, feats["patch_features"], feats["cls_tokens"], spacing
+        )
+
+    context = KindContext(
+        task=task,
+        model_name=name,
+        seeds=tuple(seeds),
+        device=device,
+        output_dir=out,
+        figures=figures,
+        patch_size=backbone_patch_size(model),
+        scan=scan,
+        ticker=ticker,
+    )
+    results = TASK_KINDS[task.kind].run(context)
+    files = write_results(results, out)
     return attrs.evolve(results, files={**results.files, **files})
 
 
-def _run_segmentation(
-    task, model, name, data, seeds, device, out, figures, tick
-) -> BenchmarkResults:
-    patch = backbone_patch_size(model)
-    config = ProbeTrainingConfig(
-        steps=task.steps, accumulation_steps=task.accumulation_steps, lr=task.lr
-    )
-    train_x = [f["patch_features"] for _, _, _, f in data["train"]]
-    train_y = [y for _, _, y, _ in data["train"]]
-    test_x = [f["patch_features"] for _, _, _, f in data["test"]]
-    test_y = [y for _, _, y, _ in data["test"]]
-    names = _class_names(task)[1:]
-    per_seed: list[float] = []
-    per_class_rows: list[torch.Tensor] = []
-    first_probe: LinearSegmentationProbe | None = None
-    for seed in seeds:
-        probe = train_segmentation_probe(
-            train_x,
-            train_y,
-            task.num_classes,
-            patch_size=patch,
-            config=config,
-            seed=seed,
-            device=device,
-            ignore_index=task.ignore_index,
-            on_step=tick.steps_of(seed, task.steps),
-        )
-        if first_probe is None:
-            first_probe = probe
-        dice = evaluate_segmentation(probe, test_x, test_y, ignore_index=task.ignore_index)
-        case_macro = [
-            float(row[~row.isnan()].mean()) if (~row.isnan()).any() else math.nan for row in dice
-        ]
-        per_seed.append(
-            summarize_folds(case_macro).mean
-            if any(not math.isnan(v) for v in case_macro)
-            else math.nan
-        )
-        valid = ~dice.isnan()
-        per_class_rows.append(
-            torch.where(
-                valid.any(0),
-                dice.nan_to_num(0).sum(0) / valid.sum(0).clamp(min=1),
-                torch.full_like(dice[0], math.nan),
-            )
-        )
-    stacked = torch.stack(per_class_rows)  # (n_seeds, C - 1)
-    per_class = {
-        n: summarize_folds(stacked[:, i].tolist())
-        for i, n in enumerate(names)
-        if not bool(stacked[:, i].isnan().all())
-    }
-    files: dict[str, Path] = {}
-    if figures:
-        if first_probe is None:
-            raise ValueError("seeds must not be empty")
-        case, image, label, feats = data["test"][0]
-        label = _without_ignored(label, task.ignore_index)
-        pred = predict_segmentation(first_probe, feats["patch_features"], label.shape)
-        files["overlay"] = plot_segmentation_overlay(
-            image,
-            label,
-            pred,
-            out / "figures" / f"{task.name}_{name}_overlay.png",
-            num_classes=task.num_classes,
-            title=f"{task.name}: {case.case_id} (seed {seeds[0]})",
-        )
-        _, _, train_label, train_feats = data["train"][0]
-        train_label = _without_ignored(train_label, task.ignore_index)
-        grid = train_feats["patch_features"].shape[1:]
-        counts = torch.bincount(train_label.flatten(), minlength=task.num_classes)[1:]
-        for cls in (counts.argsort(descending=True) + 1).tolist():
-            mask = _patch_mask(train_label, cls, patch, grid)
-            if bool(mask.any()):
-                query = masked_patch_features(train_feats["patch_features"], mask)
-                hit = retrieve_patches(query, feats["patch_features"], k=5)
-                files["retrieval"] = plot_retrieval_heatmap(
-                    image,
-                    hit.similarity,
-                    out / "figures" / f"{task.name}_{name}_retrieval.png",
-                    top_positions=hit.positions,
-                    patch_size=patch,
-                    title=f"query: {_class_names(task)[cls]} of {data['train'][0][0].case_id}",
-                )
-                break
-    return BenchmarkResults(
-        task.name, name, "dice", summarize_folds(per_seed), tuple(per_seed), per_class, files
-    )
+def write_results(results: BenchmarkResults, out: str | Path) -> dict[str, Path]:
+    """Write ``results.json``, ``results.csv`` and (when there are any) ``predictions.csv``.
 
+    Args:
+        results: one task's results.
+        out: the results folder (created).
 
-def _run_classification(task, name, data, seeds, device, tick) -> BenchmarkResults:
-    config = ABMILTrainingConfig(
-        steps=task.steps, accumulation_steps=task.accumulation_steps, lr=task.lr
-    )
-    bags = [f["cls_tokens"] for _, _, _, f in data["train"]]
-    targets = [c.target for c, _, _, _ in data["train"]]
-    test_bags = [f["cls_tokens"] for _, _, _, f in data["test"]]
-    y_test = torch.tensor([c.target for c, _, _, _ in data["test"]])
-    main: list[float] = []
-    extra: dict[str, list[float]] = {"micro_ap": []}
-    for seed in seeds:
-        head = train_abmil(
-            bags,
-            targets,
-            task.task_type,
-            task.num_classes,
-            config=config,
-            seed=seed,
-            device=device,
-            on_step=tick.steps_of(seed, task.steps),
-        )
-        scores = predict_abmil(head, test_bags, task.task_type).numpy()
-        if task.task_type == "multilabel":
-            main.append(multilabel_micro_auc(y_test.numpy(), scores))
-        else:
-            main.append(auc_score(y_test.numpy(), scores))
-        ap_true = (
-            y_test.numpy()
-            if task.task_type != "multiclass"
-            else F.one_hot(y_test, task.num_classes).numpy()
-        )
-        extra["micro_ap"].append(micro_average_precision(ap_true, scores))
-    metric = "micro_auc" if task.task_type == "multilabel" else "auc"
-    return BenchmarkResults(
-        task.name,
-        name,
-        metric,
-        summarize_folds(main),
-        tuple(main),
-        {k: summarize_folds(v) for k, v in extra.items()},
-        {},
-    )
-
-
-def _write_reports(
-    results: BenchmarkResults, out: Path, console: Console | None
-) -> dict[str, Path]:
+    Returns:
+        ``{"json": path, "csv": path[, "predictions": path]}``.
+    """
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "results.json"
     json_path.write_text(json.dumps(results.to_dict(), indent=2))
@@ -468,12 +276,22 @@ def _write_reports(
             writer.writerow(
                 [results.task, results.model, cls, metric, s.mean, s.std, s.n_valid, s.n_total]
             )
-    table = Table(
-        title=f"{results.task} / {results.model}: {results.metric} (mean ± std over seeds)"
-    )
-    for column in ("class", "mean", "std", "valid"):
-        table.add_column(column)
-    for cls, _, s in rows:
-        table.add_row(cls, f"{s.mean:.3f}", f"{s.std:.3f}", f"{s.n_valid}/{s.n_total}")
-    (console or Console()).print(table)
-    return {"json": json_path, "csv": csv_path}
+    files = {"json": json_path, "csv": csv_path}
+    if results.predictions:
+        pred_path = out / "predictions.csv"
+        with pred_path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["task", "model", "seed", "case_id", "prediction", "target"])
+            for p in results.predictions:
+                writer.writerow(
+                    [
+                        results.task,
+                        results.model,
+                        "" if p.seed is None else p.seed,
+                        p.case_id,
+                        " ".join(repr(v) for v in p.prediction),
+                        " ".join(repr(v) for v in p.target),
+                    ]
+                )
+        files["predictions"] = pred_path
+    return files

@@ -1,28 +1,65 @@
 """Benchmark task files (YAML or JSON): schema, loading and validation.
 
-Schema (paths are relative to the task file)::
+Every task names a ``kind``; each kind is one entry of :data:`tapct_eval.kinds.TASK_KINDS`
+(a parse function for its keys and a run function). Common keys (paths are relative to the
+task file)::
 
     name: totalseg-small            # required, str
-    kind: segmentation              # required: segmentation | classification
+    kind: segmentation              # required: segmentation | classification | regression
+                                    #   | survival | retrieval | localisation
     roi_size: [12, 224, 224]        # required, window (d, h, w) in voxels
     overlap: 0.25                   # optional, [0, 1)
     in_plane_size: [224, 224]       # optional: resize (z, H, W) -> (z, h, w) before features
-    # segmentation
+    steps: 200                      # optional: optimizer steps of the head
+    accumulation_steps: 4           # optional (paper C.1: 4 segmentation, 16 the others)
+    lr: 0.01                        # optional
+
+Per kind:
+
+``segmentation`` (linear probe on patch features; Dice)::
+
     num_classes: 49                 # required, classes incl. background (after label_map)
     label_map: totalsegmentator_49  # optional: null | totalsegmentator_49 | {old_id: new_id}
-    ignore_index: 255               # optional: label value left out of loss and Dice
     class_names: [...]              # optional, num_classes names
+    ignore_index: 255               # optional: label value left out of loss and Dice
     train: {images: imagesTr, labels: labelsTr}   # folder pair (matched by file name)
     test:  [{image: a.nii.gz, label: a_seg.nii.gz}, ...]   # or an explicit list
-    # classification
+
+``classification`` (ABMIL on window cls tokens; AUC)::
+
     csv: cases.csv                  # columns: image, split (train|test), target columns
     task_type: binary               # binary | multiclass | multilabel
     target_columns: [label]         # default [label]
     num_classes: 1                  # 1 (binary), K or L
-    # training (optional)
-    steps: 200
-    accumulation_steps: 4           # paper C.1: 4 segmentation, 16 classification
-    lr: 0.01
+
+``regression`` (linear or ABMIL head on window cls tokens; MAE, Pearson r)::
+
+    csv: cases.csv                  # columns: image, split, target columns (floats)
+    target_columns: [volume_ml]     # default [target]
+    head: linear                    # linear (mean-pooled tokens) | abmil
+
+``survival`` (ABMIL risk score, Cox partial likelihood; concordance index)::
+
+    csv: cases.csv                  # columns: image, split, time, event (1 event, 0 censored)
+    time_column: time               # default time (any unit, > 0)
+    event_column: event             # default event
+
+``retrieval`` (no head: lesion -> follow-up patch retrieval; top-k hit rate, mAP)::
+
+    pairs:                          # required: the query scan with its lesion mask, and the
+      - {query: base.nii.gz, query_label: base_lesion.nii.gz,     # follow-up scan with the
+         target: fu.nii.gz, target_label: fu_lesion.nii.gz}       # same lesion's mask
+    label_value: 1                  # optional: the lesion's id in the masks (default: any > 0)
+    top_k: [1, 5, 10]               # optional: hit rates reported
+
+``localisation`` (per-patch heat map + soft-argmax; centroid error in mm)::
+
+    structure: 5                    # required: label id whose centroid is the target
+    label_map: totalsegmentator_49  # optional, as for segmentation
+    spacing: [3.0, 3.0, 3.0]        # optional: voxel size (d, h, w) in mm of the loaded grid
+                                    #   (when the runner has no load_spacing)
+    train: {images: imagesTr, labels: labelsTr}   # as for segmentation
+    test:  [{image: a.nii.gz, label: a_seg.nii.gz}, ...]
 """
 
 from __future__ import annotations
@@ -36,28 +73,124 @@ from typing import Any
 import attrs
 import yaml
 
-__all__ = ["BenchmarkCase", "BenchmarkTask", "TaskFileError", "first_dot_stem", "load_task"]
+__all__ = [
+    "BenchmarkCase",
+    "BenchmarkTask",
+    "CaseError",
+    "ClassificationCase",
+    "LocalisationCase",
+    "ParseContext",
+    "RegressionCase",
+    "RetrievalCase",
+    "SegmentationCase",
+    "SurvivalCase",
+    "TaskFileError",
+    "csv_cases",
+    "first_dot_stem",
+    "labelled_cases",
+    "load_task",
+    "parse_label_map",
+]
 
 
 class TaskFileError(ValueError):
     """A task file is missing a key or holds an invalid value (names the file and key)."""
 
 
+class CaseError(ValueError):
+    """A case's data does not fit its task (a label off the image grid, a structure or a
+    lesion missing from a mask, an unknown voxel spacing); the message starts with the
+    file's path."""
+
+
 @attrs.frozen
-class BenchmarkCase:
-    """One case of a task.
+class SegmentationCase:
+    """One labelled scan (segmentation, localisation).
 
     Attributes:
         case_id: unique name (file stem).
         image: image path (file or DICOM folder).
-        label: label path (segmentation) or None.
-        target: class id or tuple of 0/1 (classification) or None.
+        label: label map path on the image's grid.
     """
 
     case_id: str
     image: Path
-    label: Path | None = None
-    target: int | tuple[int, ...] | None = None
+    label: Path
+
+
+@attrs.frozen
+class ClassificationCase:
+    """One scan with a class target.
+
+    Attributes:
+        case_id: unique name (file stem).
+        image: image path.
+        target: class id (binary, multiclass) or tuple of 0/1 (multilabel).
+    """
+
+    case_id: str
+    image: Path
+    target: int | tuple[int, ...]
+
+
+@attrs.frozen
+class RegressionCase:
+    """One scan with real-valued targets.
+
+    Attributes:
+        case_id: unique name (file stem).
+        image: image path.
+        target: one float per target column.
+    """
+
+    case_id: str
+    image: Path
+    target: tuple[float, ...]
+
+
+@attrs.frozen
+class SurvivalCase:
+    """One scan with a (possibly censored) survival time.
+
+    Attributes:
+        case_id: unique name (file stem).
+        image: image path.
+        time: time to the event or to censoring (> 0, any unit).
+        event: True when the event was observed, False when censored.
+    """
+
+    case_id: str
+    image: Path
+    time: float
+    event: bool
+
+
+@attrs.frozen
+class RetrievalCase:
+    """A lesion in a baseline scan and the same lesion in a follow-up scan.
+
+    Attributes:
+        case_id: unique name of the pair.
+        image: the query (baseline) scan.
+        label: the query's lesion mask.
+        target_image: the follow-up scan searched.
+        target_label: the lesion's mask in the follow-up (the true matches).
+    """
+
+    case_id: str
+    image: Path
+    label: Path
+    target_image: Path
+    target_label: Path
+
+
+LocalisationCase = SegmentationCase
+"""A localisation case is a labelled scan; the target is one structure's centroid."""
+
+BenchmarkCase = (
+    SegmentationCase | ClassificationCase | RegressionCase | SurvivalCase | RetrievalCase
+)
+"""Any kind's case record."""
 
 
 @attrs.frozen
@@ -66,20 +199,28 @@ class BenchmarkTask:
 
     Attributes:
         name: task name.
-        kind: ``segmentation`` or ``classification``.
+        kind: a key of :data:`tapct_eval.kinds.TASK_KINDS`.
         roi_size: sliding window ``(d, h, w)``.
-        overlap: window overlap.
-        num_classes: classes (segmentation incl. background) or outputs (classification).
-        train: training cases.
+        train: training cases (the kind's case records; empty for retrieval).
         test: test cases.
-        label_map: None, ``"totalsegmentator_49"`` or an id mapping.
+        overlap: window overlap.
+        num_classes: classes (segmentation incl. background) or outputs (classification);
+            None for the other kinds.
+        label_map: None, ``"totalsegmentator_49"`` or an id mapping (labelled kinds).
+        ignore_index: label value of voxels left out of loss and Dice (segmentation), or
+            None.
         class_names: optional names of the classes.
         in_plane_size: optional in-plane resize ``(h, w)``.
-        ignore_index: label value of voxels left out of loss and Dice (segmentation), or
-            None; never a class id.
         task_type: ``binary``/``multiclass``/``multilabel`` (classification).
+        target_columns: the CSV target columns (classification, regression).
+        head: ``linear`` or ``abmil`` (regression).
+        structure: the label id to localise (localisation).
+        spacing: ``(d, h, w)`` voxel size in mm of the loaded grid (localisation, when the
+            runner is given no ``load_spacing``).
+        label_value: the lesion id in the masks, None for any non-zero (retrieval).
+        top_k: the k of the reported hit rates (retrieval).
         steps: optimizer steps.
-        accumulation_steps: micro-batches per step (4 segmentation, 16 classification).
+        accumulation_steps: micro-batches per step (4 segmentation, 16 the others).
         lr: learning rate.
         source: the task file.
     """
@@ -87,15 +228,21 @@ class BenchmarkTask:
     name: str
     kind: str
     roi_size: tuple[int, int, int]
-    num_classes: int
-    train: tuple[BenchmarkCase, ...]
-    test: tuple[BenchmarkCase, ...]
+    train: tuple[Any, ...]
+    test: tuple[Any, ...]
     overlap: float = 0.25
+    num_classes: int | None = None
     label_map: str | Mapping[int, int] | None = None
+    ignore_index: int | None = None
     class_names: tuple[str, ...] | None = None
     in_plane_size: tuple[int, int] | None = None
-    ignore_index: int | None = None
     task_type: str | None = None
+    target_columns: tuple[str, ...] = ()
+    head: str | None = None
+    structure: int | None = None
+    spacing: tuple[float, float, float] | None = None
+    label_value: int | None = None
+    top_k: tuple[int, ...] = (1, 5, 10)
     steps: int = 200
     accumulation_steps: int = 4
     lr: float = 1e-2
@@ -125,9 +272,39 @@ def first_dot_stem(path: Path) -> str:
     return path.name.split(".", 1)[0] or path.name
 
 
-def _seg_cases(
-    raw: Any, base: Path, path: Path, key: str, _stem: Callable[[Path], str]
-) -> tuple[BenchmarkCase, ...]:
+@attrs.frozen
+class ParseContext:
+    """What a kind's parse function needs besides the raw mapping.
+
+    Attributes:
+        path: the task file (named in every error).
+        base: folder that relative paths are resolved against.
+        case_id: image/label path -> case id.
+    """
+
+    path: Path
+    base: Path
+    case_id: Callable[[Path], str]
+
+    def error(self, key: str, message: str) -> TaskFileError:
+        """A :class:`TaskFileError` naming this file and ``key``."""
+        return _err(self.path, key, message)
+
+    def require(self, raw: Mapping[str, Any], key: str, kind: str) -> Any:
+        """``raw[key]``, or a :class:`TaskFileError` saying the kind needs it."""
+        if key not in raw:
+            raise self.error(key, f"is required for {kind}")
+        return raw[key]
+
+
+def labelled_cases(raw: Any, ctx: ParseContext, key: str) -> tuple[SegmentationCase, ...]:
+    """Image/label cases from ``{images: dir, labels: dir}`` or ``[{image, label, id?}]``.
+
+    Raises:
+        TaskFileError: on a missing folder or file, an unpaired image, clashing case ids
+            or an empty list.
+    """
+    path, base, _stem = ctx.path, ctx.base, ctx.case_id
     if isinstance(raw, Mapping):
         if set(raw) != {"images", "labels"}:
             raise _err(
@@ -153,7 +330,7 @@ def _seg_cases(
             stem = _stem(image)
             if stem not in label_by_stem:
                 raise _err(path, f"{key}.labels", f"no label named like {image.name} in {labels}")
-            cases.append(BenchmarkCase(stem, image, label_by_stem[stem]))
+            cases.append(SegmentationCase(stem, image, label_by_stem[stem]))
     elif isinstance(raw, list):
         cases = []
         for i, item in enumerate(raw):
@@ -163,7 +340,7 @@ def _seg_cases(
             for p, sub in ((image, "image"), (label, "label")):
                 if not p.exists():
                     raise _err(path, f"{key}[{i}].{sub}", f"{p} does not exist")
-            cases.append(BenchmarkCase(str(item.get("id", _stem(image))), image, label))
+            cases.append(SegmentationCase(str(item.get("id", _stem(image))), image, label))
     else:
         raise _err(path, key, f"must be {{images, labels}} folders or a list of cases, got {raw!r}")
     if not cases:
@@ -171,23 +348,52 @@ def _seg_cases(
     return tuple(cases)
 
 
-def _csv_cases(
+def parse_label_map(raw: Mapping[str, Any], ctx: ParseContext) -> str | dict[int, int] | None:
+    """The optional ``label_map`` key: null, ``totalsegmentator_49`` or ``{old: new}``."""
+    label_map = raw.get("label_map")
+    if isinstance(label_map, Mapping):
+        try:
+            return {int(k): int(v) for k, v in label_map.items()}
+        except (TypeError, ValueError):
+            raise ctx.error("label_map", f"must map ints to ints, got {label_map!r}") from None
+    if label_map not in (None, "totalsegmentator_49"):
+        raise ctx.error(
+            "label_map", f"must be null, 'totalsegmentator_49' or a mapping, got {label_map!r}"
+        )
+    return label_map
+
+
+def csv_cases(
     raw: Any,
-    base: Path,
-    path: Path,
-    targets: list[str],
-    task_type: str,
-    _stem: Callable[[Path], str],
-):
-    csv_path = base / str(raw)
+    ctx: ParseContext,
+    columns: list[str],
+    make_case: Callable[[str, Path, dict[str, str]], Any],
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """Train and test cases from a CSV with ``image``, ``split`` and ``columns``.
+
+    Args:
+        raw: the ``csv`` value (path relative to the task file).
+        ctx: the parse context.
+        columns: the kind's required columns besides ``image`` and ``split``.
+        make_case: ``(case_id, image_path, row) -> case``; raises ValueError on a bad
+            value (reported with the line number).
+
+    Returns:
+        ``(train, test)`` case tuples, both non-empty.
+
+    Raises:
+        TaskFileError: on a missing file or column, a bad split or value, an empty split.
+    """
+    path = ctx.path
+    csv_path = ctx.base / str(raw)
     if not csv_path.is_file():
         raise _err(path, "csv", f"file {csv_path} does not exist")
     with csv_path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    need = {"image", "split", *targets}
+    need = {"image", "split", *columns}
     if not rows or not need <= set(rows[0]):
         raise _err(path, "csv", f"{csv_path} needs columns {sorted(need)}")
-    split: dict[str, list[BenchmarkCase]] = {"train": [], "test": []}
+    split: dict[str, list[Any]] = {"train": [], "test": []}
     for n, row in enumerate(rows, start=2):
         if row["split"] not in split:
             raise _err(
@@ -195,13 +401,12 @@ def _csv_cases(
                 "csv",
                 f"{csv_path} line {n}: split must be train or test, got {row['split']!r}",
             )
+        image = ctx.base / row["image"]
         try:
-            values = tuple(int(row[c]) for c in targets)
+            case = make_case(ctx.case_id(image), image, row)
         except ValueError as exc:
-            raise _err(path, "csv", f"{csv_path} line {n}: targets must be ints ({exc})") from None
-        target = values if task_type == "multilabel" else values[0]
-        image = base / row["image"]
-        split[row["split"]].append(BenchmarkCase(_stem(image), image, None, target))
+            raise _err(path, "csv", f"{csv_path} line {n}: {exc}") from None
+        split[row["split"]].append(case)
     for name, cases in split.items():
         if not cases:
             raise _err(path, "csv", f"{csv_path} has no {name} rows")
@@ -210,6 +415,9 @@ def _csv_cases(
 
 def load_task(path: str | Path, *, case_id: Callable[[Path], str] | None = None) -> BenchmarkTask:
     """Load and validate a task file (YAML ``.yaml``/``.yml`` or JSON ``.json``).
+
+    The common keys are read here; the kind's keys by its ``parse`` function in
+    :data:`tapct_eval.kinds.TASK_KINDS`.
 
     Args:
         path: the task file; relative paths inside it are resolved against its folder.
@@ -224,6 +432,8 @@ def load_task(path: str | Path, *, case_id: Callable[[Path], str] | None = None)
             type or value, or a path that does not exist.
         FileNotFoundError: when the task file does not exist.
     """
+    from .kinds import TASK_KINDS  # the kinds import this module's records and helpers
+
     path = Path(path)
     text = path.read_text()
     try:
@@ -234,17 +444,13 @@ def load_task(path: str | Path, *, case_id: Callable[[Path], str] | None = None)
         ) from None
     if not isinstance(raw, Mapping):
         raise TaskFileError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
-    base = path.parent
-    stem = case_id or first_dot_stem
-    for key in ("name", "kind", "roi_size", "num_classes"):
+    for key in ("name", "kind", "roi_size"):
         if key not in raw:
             raise _err(path, key, "is required")
     kind = raw["kind"]
-    if kind not in ("segmentation", "classification"):
-        raise _err(path, "kind", f"must be segmentation or classification, got {kind!r}")
-    num_classes = raw["num_classes"]
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise _err(path, "num_classes", f"must be a positive int, got {num_classes!r}")
+    if kind not in TASK_KINDS:
+        raise _err(path, "kind", f"must be one of {', '.join(TASK_KINDS)}, got {kind!r}")
+    spec = TASK_KINDS[kind]
     overlap = raw.get("overlap", 0.25)
     if not isinstance(overlap, int | float) or not 0 <= overlap < 1:
         raise _err(path, "overlap", f"must be in [0, 1), got {overlap!r}")
@@ -253,73 +459,15 @@ def load_task(path: str | Path, *, case_id: Callable[[Path], str] | None = None)
         "name": str(raw["name"]),
         "kind": kind,
         "roi_size": _ints(raw["roi_size"], 3, path, "roi_size"),
-        "num_classes": num_classes,
         "overlap": float(overlap),
         "in_plane_size": None if in_plane is None else _ints(in_plane, 2, path, "in_plane_size"),
         "steps": raw.get("steps", 200),
-        "accumulation_steps": raw.get("accumulation_steps", 4 if kind == "segmentation" else 16),
-        "lr": float(raw.get("lr", 1e-2 if kind == "segmentation" else 1e-3)),
+        "accumulation_steps": raw.get("accumulation_steps", spec.accumulation_steps),
+        "lr": float(raw.get("lr", spec.lr)),
         "source": path,
     }
     for key in ("steps", "accumulation_steps"):
         if not isinstance(common[key], int) or common[key] < 1:
             raise _err(path, key, f"must be a positive int, got {common[key]!r}")
-    if kind == "segmentation":
-        if num_classes < 2:
-            raise _err(path, "num_classes", f"segmentation needs >= 2 classes, got {num_classes}")
-        for key in ("train", "test"):
-            if key not in raw:
-                raise _err(path, key, "is required for segmentation")
-        label_map = raw.get("label_map")
-        if isinstance(label_map, Mapping):
-            try:
-                label_map = {int(k): int(v) for k, v in label_map.items()}
-            except (TypeError, ValueError):
-                raise _err(path, "label_map", f"must map ints to ints, got {label_map!r}") from None
-        elif label_map not in (None, "totalsegmentator_49"):
-            raise _err(
-                path,
-                "label_map",
-                f"must be null, 'totalsegmentator_49' or a mapping, got {label_map!r}",
-            )
-        ignore_index = raw.get("ignore_index")
-        if ignore_index is not None and (
-            not isinstance(ignore_index, int)
-            or isinstance(ignore_index, bool)
-            or 0 <= ignore_index < num_classes
-        ):
-            raise _err(
-                path,
-                "ignore_index",
-                f"must be an int outside the class ids 0..{num_classes - 1} (e.g. 255 or -1), "
-                f"got {ignore_index!r}",
-            )
-        names = raw.get("class_names")
-        if names is not None and (not isinstance(names, list) or len(names) != num_classes):
-            raise _err(path, "class_names", f"must list {num_classes} names")
-        return BenchmarkTask(
-            train=_seg_cases(raw["train"], base, path, "train", stem),
-            test=_seg_cases(raw["test"], base, path, "test", stem),
-            label_map=label_map,
-            ignore_index=ignore_index,
-            class_names=None if names is None else tuple(str(n) for n in names),
-            **common,
-        )
-    if "csv" not in raw:
-        raise _err(path, "csv", "is required for classification")
-    task_type = raw.get("task_type", "binary")
-    if task_type not in ("binary", "multiclass", "multilabel"):
-        raise _err(
-            path, "task_type", f"must be binary, multiclass or multilabel, got {task_type!r}"
-        )
-    if task_type == "binary" and num_classes != 1:
-        raise _err(path, "num_classes", f"a binary task has 1 output, got {num_classes}")
-    targets = raw.get("target_columns", ["label"])
-    if not isinstance(targets, list) or not targets:
-        raise _err(path, "target_columns", f"must be a non-empty list, got {targets!r}")
-    if task_type == "multilabel" and len(targets) != num_classes:
-        raise _err(
-            path, "target_columns", f"multilabel needs {num_classes} columns, got {len(targets)}"
-        )
-    train, test = _csv_cases(raw["csv"], base, path, [str(t) for t in targets], task_type, stem)
-    return BenchmarkTask(train=train, test=test, task_type=task_type, **common)
+    ctx = ParseContext(path, path.parent, case_id or first_dot_stem)
+    return BenchmarkTask(**common, **spec.parse(raw, ctx))
