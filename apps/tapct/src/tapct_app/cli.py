@@ -499,8 +499,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tapct: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("tapct: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # pretrain says where it stopped and how to resume
+        print(f"tapct: {one_line(exc) if str(exc) else 'interrupted'}", file=sys.stderr)
         return 130
     except Exception as exc:
         # Typer's (vendored) click usage errors: show the usage line, as click would.
