@@ -184,26 +184,30 @@ def pretrain(
     _runtime_policy()
     from tapct_app.pretrain import pretrain_command
 
-    pretrain_command(
-        config=config,
-        data=[str(p) for p in data or []],
-        output=output,
-        preset=preset,
-        iterations=iterations,
-        batch_size=batch_size,
-        seed=seed,
-        resume=resume,
-        device=device,
-        stop_after=stop_after,
-        overrides=[
-            *([f"data.on_error={on_error}"] if on_error else []),
-            *([f"data.include={json.dumps(include)}"] if include else []),
-            *([f"data.exclude={json.dumps(exclude)}"] if exclude else []),
-            *(set_ or []),
-        ],
-        console=_console(),
-        intensity_stats=intensity_stats,
-    )
+    try:
+        pretrain_command(
+            config=config,
+            data=[str(p) for p in data or []],
+            output=output,
+            preset=preset,
+            iterations=iterations,
+            batch_size=batch_size,
+            seed=seed,
+            resume=resume,
+            device=device,
+            stop_after=stop_after,
+            overrides=[
+                *([f"data.on_error={on_error}"] if on_error else []),
+                *([f"data.include={json.dumps(include)}"] if include else []),
+                *([f"data.exclude={json.dumps(exclude)}"] if exclude else []),
+                *(set_ or []),
+            ],
+            console=_console(),
+            intensity_stats=intensity_stats,
+        )
+    except KeyboardInterrupt as exc:  # Typer turns it into exit 130 without a word
+        print(f"tapct: {one_line(exc) if str(exc) else 'interrupted'}", file=sys.stderr)
+        raise typer.Exit(130) from exc
 
 
 @app.command()

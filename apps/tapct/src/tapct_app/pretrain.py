@@ -239,9 +239,9 @@ def pretrain_command(
     except UserError as exc:
         # Remove a run directory this call created, unless another process owns it or it
         # holds a checkpoint (e.g. an out-of-memory error mid-run: the run resumes).
-        if created and not isinstance(exc, OutputInUseError):
-            if not list_checkpoints(output / "checkpoints"):
-                shutil.rmtree(output, ignore_errors=True)
+        keep = isinstance(exc, OutputInUseError) or list_checkpoints(output / "checkpoints")
+        if created and not keep:
+            shutil.rmtree(output, ignore_errors=True)
         raise
     if result.rank_checksums and len(set(result.rank_checksums)) > 1:
         raise RuntimeError(f"ranks diverged: parameter checksums {result.rank_checksums}")
