@@ -170,8 +170,8 @@ def _config_for_resume(
             style="yellow", markup=False, highlight=False, soft_wrap=True,
         )  # fmt: skip
     before = old_flat.get("train.iterations")
-    after = new_flat.get("train.iterations")
-    if before != after and done < int(after) and console is not None:
+    after = requested.train.iterations
+    if before != after and done < after and console is not None:
         console.print(
             f"note: resuming at iteration {done} with --iterations {after} (the run was "
             f"planned for {before}): the schedules (warm-ups, lr, weight decay, momentum, "
