@@ -7,6 +7,7 @@ resumes to the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 
@@ -123,12 +124,14 @@ def test_ctrl_c_checkpoints_the_step_and_a_rerun_resumes_exactly(
     real = loop.train_step
 
     def step(parts, micro, iteration, *args):
-        if iteration == 2:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during the step: it completes
+        if iteration == 2:  # Ctrl-C reaches the process group: the loader worker too
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # during the step: it completes
         return real(parts, micro, iteration, *args)
 
     monkeypatch.setattr(loop, "train_step", step)
-    rc, _out, err = cli(4)
+    rc, _out, err = cli(4, "--set", "data.num_workers=1")
     run = tmp_path / "run"
     saved = run / "checkpoints" / "checkpoint-00000003.pt"
     assert rc == 130

@@ -365,6 +365,18 @@ def loader_workers(requested: int, console: Any = None) -> int:
     return cores
 
 
+def _ignore_sigint(worker_id: int) -> None:
+    """Loader workers ignore Ctrl-C (a terminal sends it to the whole process group).
+
+    On the first Ctrl-C the main process finishes its step and writes a checkpoint
+    (``tapct_app.train.loop``), which may still need the workers' batches; the workers
+    end with the loader.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def build_loader(
     dataset: Any,
     sampler: IterationBatchSampler,
@@ -395,6 +407,7 @@ def build_loader(
         batch_sampler=sampler,
         collate_fn=collate,
         num_workers=workers,
+        worker_init_fn=_ignore_sigint if workers > 0 else None,
         pin_memory=torch.device(device).type == "cuda",
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
