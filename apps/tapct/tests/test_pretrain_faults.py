@@ -70,14 +70,14 @@ def test_memory_preflight_refuses_before_the_data_cache(cli, monkeypatch, tmp_pa
 
     monkeypatch.setattr(memory, "available_memory", lambda device: (2**20, "available host memory"))
     _no_data_read(monkeypatch)
-    rc, _out, err = cli(4)
+    rc, _out, err = cli(4, out=tmp_path / "runs" / "pretrain")
     (line,) = _lines(err)
     assert rc == 2 and line.startswith("tapct: error: tap_nano_3d at 2 samples per micro-batch")
     assert "needs ~" in line and "but 0.0 GiB available host memory (cpu)" in line
     for option in ("--batch-size", "model.grad_checkpointing=1", "--config demo",
                    "train.memory_check=false"):
         assert option in line
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "runs").exists()  # the parent it created too
 
 
 def test_memory_model_matches_the_measured_objective():

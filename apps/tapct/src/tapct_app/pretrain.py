@@ -182,6 +182,15 @@ def _config_for_resume(
     return structure(PretrainConfig, merged, f"{latest} config")
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (None if it exists)."""
+    missing = None
+    current = path.absolute()
+    while not current.exists() and current != current.parent:
+        missing, current = current, current.parent
+    return missing
+
+
 def pretrain_command(
     *,
     config: str | None,
@@ -201,7 +210,8 @@ def pretrain_command(
     """Run ``tapct pretrain`` (see the CLI help) and print a summary.
 
     Raises:
-        UserError: On any user mistake; an output directory this call created is removed.
+        UserError: On any user mistake; the folders this call created for the output
+            (``runs/`` of ``runs/pretrain`` too) are removed unless a checkpoint was written.
     """
     import os
 
@@ -224,7 +234,7 @@ def pretrain_command(
         output = DEMO_OUTPUT if demo else DEFAULT_OUTPUT
     if resume:
         cfg = _config_for_resume(cfg, output, console)
-    created = not output.exists()
+    created = _first_missing(output)  # removed again if the run fails before a checkpoint
     if demo:
         console.print(
             f"[bold]tapct pretrain[/]: built-in demo on CT phantoms ({cfg.model.name}, "
@@ -240,8 +250,8 @@ def pretrain_command(
         # Remove a run directory this call created, unless another process owns it or it
         # holds a checkpoint (e.g. an out-of-memory error mid-run: the run resumes).
         keep = isinstance(exc, OutputInUseError) or list_checkpoints(output / "checkpoints")
-        if created and not keep:
-            shutil.rmtree(output, ignore_errors=True)
+        if created is not None and not keep:
+            shutil.rmtree(created, ignore_errors=True)
         raise
     if result.rank_checksums and len(set(result.rank_checksums)) > 1:
         raise RuntimeError(f"ranks diverged: parameter checksums {result.rank_checksums}")
