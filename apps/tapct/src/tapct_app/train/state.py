@@ -180,6 +180,8 @@ def export_teacher(
     if not isinstance(backbone, VisionTransformer3d):
         raise TypeError(f"cannot export a {type(backbone).__name__}: not a VisionTransformer3d")
     target = output / "model"
+    for stale in output.glob(".model.tmp-*"):  # an export killed earlier (the run is locked)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".model.tmp-", dir=output))
     try:
         backbone.save_pretrained(tmp, metadata=metadata)
