@@ -285,27 +285,31 @@ def pretrain(
     _runtime_policy()
     from tapct_app.pretrain import pretrain_command
 
-    pretrain_command(
-        config=config,
-        data=[str(p) for p in data or []],
-        output=output,
-        preset=preset,
-        iterations=iterations,
-        batch_size=batch_size,
-        seed=seed,
-        resume=resume,
-        device=device,
-        stop_after=stop_after,
-        overrides=[
-            *([f"data.on_error={on_error}"] if on_error else []),
-            *([f"data.include={json.dumps(include)}"] if include else []),
-            *([f"data.exclude={json.dumps(exclude)}"] if exclude else []),
-            *([f"model.init={json.dumps(_init_source(init))}"] if init else []),
-            *(set_ or []),
-        ],
-        console=_console(),
-        intensity_stats=intensity_stats,
-    )
+    try:
+        pretrain_command(
+            config=config,
+            data=[str(p) for p in data or []],
+            output=output,
+            preset=preset,
+            iterations=iterations,
+            batch_size=batch_size,
+            seed=seed,
+            resume=resume,
+            device=device,
+            stop_after=stop_after,
+            overrides=[
+                *([f"data.on_error={on_error}"] if on_error else []),
+                *([f"data.include={json.dumps(include)}"] if include else []),
+                *([f"data.exclude={json.dumps(exclude)}"] if exclude else []),
+                *([f"model.init={json.dumps(_init_source(init))}"] if init else []),
+                *(set_ or []),
+            ],
+            console=_console(),
+            intensity_stats=intensity_stats,
+        )
+    except KeyboardInterrupt as exc:  # Typer turns it into exit 130 without a word
+        print(f"tapct: {one_line(exc) if str(exc) else 'interrupted'}", file=sys.stderr)
+        raise typer.Exit(130) from exc
 
 
 def _init_source(init: str) -> str:
@@ -623,8 +627,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tapct: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("tapct: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # pretrain says where it stopped and how to resume
+        print(f"tapct: {one_line(exc) if str(exc) else 'interrupted'}", file=sys.stderr)
         return 130
     except Exception as exc:
         # Typer's (vendored) click usage errors: show the usage line, as click would.

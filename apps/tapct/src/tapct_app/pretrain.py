@@ -11,7 +11,12 @@ from tapct_app.config_file import config_to_dict, load_config, structure
 from tapct_app.errors import UserError
 from tapct_app.train.config import PretrainConfig
 
-__all__ = ["export_command", "pretrain_command", "resolve_pretrain_config"]
+__all__ = [
+    "export_command",
+    "pretrain_command",
+    "resolve_pretrain_config",
+    "validate_pretrain_config",
+]
 
 DEMO_OUTPUT = Path("tapct-demo")
 DEFAULT_OUTPUT = Path("runs/pretrain")
@@ -80,11 +85,37 @@ def resolve_pretrain_config(
     if device is not None:
         updates["device"] = device
     cfg = load_config(PretrainConfig, config, updates=updates, overrides=overrides)
-    from tapct_app.train.build import build_optim_config, objective_config
+    validate_pretrain_config(cfg)
+    return cfg
+
+
+def validate_pretrain_config(cfg: PretrainConfig) -> None:
+    """Check the library sections, the model preset and the crops now, before any data.
+
+    The backbone is built on the meta device (no memory, no initialisation), which checks
+    the preset name, its overrides and that the crop sizes are multiples of the patch.
+
+    Args:
+        cfg: The resolved config.
+
+    Raises:
+        UserError: An unknown preset or override, a bad ``optim``/``objective``/``crops``
+            section, or crops that do not tile into patches.
+    """
+    import torch
+
+    from tapct_app.train.build import (
+        WorkerCollate,
+        build_backbone,
+        build_optim_config,
+        objective_config,
+    )
 
     build_optim_config(cfg)  # validate the library sections now, with a clear message
     objective_config(cfg)
-    return cfg
+    with torch.device("meta"):
+        backbone = build_backbone(cfg)
+    WorkerCollate(cfg, backbone.patch_size)  # crop sizes, crops and masking sections
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -102,15 +133,20 @@ def _config_for_resume(
     requested: PretrainConfig, output: Path, console: Any
 ) -> PretrainConfig:
     """On resume, keep the checkpoint's config except for the few keys that may change."""
-    from tapct_app.train.checkpoint import latest_checkpoint, load_checkpoint
+    from tapct_app.train.checkpoint import latest_intact_checkpoint
 
-    latest = latest_checkpoint(output / "checkpoints")
-    if latest is None:
+    try:  # a damaged newest checkpoint is reported (and moved aside) by the run
+        latest, state, _damaged = latest_intact_checkpoint(output / "checkpoints")
+    except ValueError as exc:
+        raise UserError(f"{exc}; use --no-resume or another --output") from exc
+    if latest is None or state is None:
         return requested
     try:
-        stored = load_checkpoint(latest)["config"]
-    except (ValueError, KeyError) as exc:
-        raise UserError(f"{latest}: {exc}") from exc
+        stored = state["config"]
+        done = int(state["iteration"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{latest}: not a tapct pretraining checkpoint ({exc})") from exc
+    del state
     new = config_to_dict(requested)
     old_flat, new_flat = _flat(stored), _flat(new)
     merged = dict(stored)
@@ -129,10 +165,30 @@ def _config_for_resume(
             ignored.append(key)
     if ignored and console is not None:
         console.print(
-            f"[yellow]resuming {output}: keeping the checkpoint's values of {', '.join(ignored)} "
-            "(use --no-resume or another --output to change them)[/]"
-        )
+            f"resuming {output}: keeping the checkpoint's values of {', '.join(ignored)} "
+            "(use --no-resume or another --output to change them)",
+            style="yellow", markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
+    before = old_flat.get("train.iterations")
+    after = requested.train.iterations
+    if before != after and done < after and console is not None:
+        console.print(
+            f"note: resuming at iteration {done} with --iterations {after} (the run was "
+            f"planned for {before}): the schedules (warm-ups, lr, weight decay, momentum, "
+            f"teacher temperature) are rescaled to {after} from here on, so the result "
+            f"differs from a run planned for {after} from the start",
+            style="yellow", markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
     return structure(PretrainConfig, merged, f"{latest} config")
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (None if it exists)."""
+    missing = None
+    current = path.absolute()
+    while not current.exists() and current != current.parent:
+        missing, current = current, current.parent
+    return missing
 
 
 def pretrain_command(
@@ -154,7 +210,8 @@ def pretrain_command(
     """Run ``tapct pretrain`` (see the CLI help) and print a summary.
 
     Raises:
-        UserError: On any user mistake; an output directory this call created is removed.
+        UserError: On any user mistake; the folders this call created for the output
+            (``runs/`` of ``runs/pretrain`` too) are removed unless a checkpoint was written.
     """
     import os
 
@@ -191,22 +248,37 @@ def pretrain_command(
                     f"{requested_init} (not loaded)", markup=False, highlight=False,
                     soft_wrap=True,
                 )
-    created = not output.exists()
+    created = _first_missing(output)  # removed again if the run fails before a checkpoint
     if demo:
         console.print(
             f"[bold]tapct pretrain[/]: built-in demo on CT phantoms ({cfg.model.name}, "
             f"{cfg.train.iterations} iterations, batch {cfg.train.batch_size}, "
             f"crops {cfg.crops.global_crops_size}/{cfg.crops.local_crops_size}) -> {output}/"
         )
+    from tapct_app.train.checkpoint import list_checkpoints
+    from tapct_app.train.loop import OutputInUseError
+
     try:
         result = run_pretraining(cfg, output, resume=resume, stop_after=stop_after, console=console)
-    except UserError:
-        if created:
-            shutil.rmtree(output, ignore_errors=True)
+    except UserError as exc:
+        # Remove a run directory this call created, unless another process owns it or it
+        # holds a checkpoint (e.g. an out-of-memory error mid-run: the run resumes).
+        keep = isinstance(exc, OutputInUseError) or list_checkpoints(output / "checkpoints")
+        if created is not None and not keep:
+            shutil.rmtree(created, ignore_errors=True)
         raise
     if result.rank_checksums and len(set(result.rank_checksums)) > 1:
         raise RuntimeError(f"ranks diverged: parameter checksums {result.rank_checksums}")
     ran = result.iterations_done - result.start_iteration
+    if ran == 0:
+        console.print(
+            f"{output}: the run is already complete ({result.iterations_done} of "
+            f"{cfg.train.iterations} iterations); last loss {result.last_loss:.4f}",
+            markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
+        if result.model_dir is not None:
+            console.print(f"encoder (teacher backbone): {result.model_dir}/", markup=False)
+        return
     console.print(
         f"iterations {result.start_iteration} -> {result.iterations_done} of "
         f"{cfg.train.iterations} ({ran} in {result.wall_s:.1f} s, "

@@ -12,6 +12,7 @@ Layout of a store folder ``STORE`` (a zarr v3 group)::
     STORE/skipped.jsonl      one JSON object per source that could not be read
                              (``{"path": ..., "reason": ...}``), rewritten by each build
     STORE/.tmp-*             arrays being written (removed by the next build)
+    STORE/.lock              the build lock (`tapct_data.locking.folder_lock`)
 
 A scan is complete or absent, also after ``kill -9``: its array is written under a
 temporary name and renamed into place (``os.replace``; a zarr v3 local array is a folder and
@@ -19,7 +20,10 @@ the rename is atomic), then its index record is written atomically (temporary fi
 rename). Readers list only scans with a record, so a half-written array is never visible.
 Rerunning a build skips scans whose record holds the same source, retries every skipped
 source, rewrites ``skipped.jsonl`` and removes stale temporaries. One build per store at a
-time (shards write separate stores); any number of readers, also during a build.
+time (shards write separate stores): a build holds ``STORE/.lock`` (``fcntl.flock``, freed by
+the kernel when the process dies), and a second build of the same store fails at once with
+`tapct_data.locking.FolderLockedError` naming the holder. Any number of readers, also
+during a build.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import zarr
 from .faults import fault_point
 from .formats import AIR_HU, is_zarr_store
 from .inputs import InputListing, ScanSource, Skipped, read_scan
+from .locking import LOCK_FILE, folder_lock
 from .volume import Volume
 
 __all__ = [
@@ -410,6 +415,8 @@ def build_zarr_store(
         ValueError: Bad arguments, duplicate names, a folder that is not a scan store, or
             (``on_error="stop"``) the first bad source's error (its own type, e.g.
             ``NotCTError``, with the message naming the source).
+        tapct_data.locking.FolderLockedError: Another process is building this store
+            (nothing is written).
     """
     if on_error not in ("skip", "stop"):
         raise ValueError(f"on_error must be 'skip' or 'stop', got {on_error!r}")
@@ -436,8 +443,32 @@ def build_zarr_store(
     path = Path(store)
     created = not path.exists()
     group_path = path / "zarr.json"
-    if not created and not group_path.is_file() and any(path.iterdir()):
+    if not created and not group_path.is_file() and any(
+        p.name != LOCK_FILE for p in path.iterdir()
+    ):
         raise ValueError(f"{path}: exists and is not a scan store; choose another --output")
+    path.mkdir(parents=True, exist_ok=True)
+    with folder_lock(path):  # one build per store: a second one fails here, writing nothing
+        return _build_locked(
+            path, created, scans, skipped, workers, on_error, progress, chunks, codec,
+            slices_per_file,
+        )  # fmt: skip
+
+
+def _build_locked(
+    path: Path,
+    created: bool,
+    scans: list[ScanSource],
+    skipped: list[Skipped],
+    workers: int,
+    on_error: OnError,
+    progress: Callable[[int, int, str], None] | None,
+    chunks: tuple[int, int, int],
+    codec: str,
+    slices_per_file: int | None,
+) -> StoreReport:
+    """`build_zarr_store` once the store's lock is held."""
+    group_path = path / "zarr.json"
     try:
         if not group_path.is_file():
             zarr.open_group(str(path), mode="a", zarr_format=3).attrs["format_version"] = (

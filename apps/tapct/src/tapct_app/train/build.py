@@ -47,6 +47,7 @@ __all__ = [
     "build_objective",
     "build_optim_config",
     "build_parts",
+    "loader_workers",
     "objective_config",
     "wrap_ddp",
 ]
@@ -337,12 +338,52 @@ def build_data(
     return dataset, store
 
 
+def loader_workers(requested: int, console: Any = None) -> int:
+    """``data.num_workers`` lowered to the cores this process may use, with a one-line note.
+
+    Which worker loads a sample does not change it (samples and crops derive from the
+    run seed and the sample index), so the result is the same with fewer workers.
+
+    Args:
+        requested: ``data.num_workers``.
+        console: A rich console for the note, or None.
+
+    Returns:
+        ``min(requested, cores)`` (``os.sched_getaffinity``).
+    """
+    from tapct_app.preprocess import default_workers
+
+    cores = default_workers()
+    if requested <= cores:
+        return requested
+    if console is not None:
+        console.print(
+            f"note: data.num_workers={requested} is more than the {cores} cores available "
+            f"to this process: using {cores} loader workers",
+            style="dim", markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
+    return cores
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Loader workers ignore Ctrl-C (a terminal sends it to the whole process group).
+
+    On the first Ctrl-C the main process finishes its step and writes a checkpoint
+    (``tapct_app.train.loop``), which may still need the workers' batches; the workers
+    end with the loader.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def build_loader(
     dataset: Any,
     sampler: IterationBatchSampler,
     collate: WorkerCollate,
     config: PretrainConfig,
     device: Any,
+    num_workers: int | None = None,
 ) -> Iterator[LoaderBatch]:
     """An iterator over this rank's micro-batches (:class:`LoaderBatch`, CPU).
 
@@ -352,18 +393,21 @@ def build_loader(
         collate: Draws crops' parameters and masks in the workers.
         config: The run config (``data.num_workers``).
         device: The training device (pinned memory on CUDA).
+        num_workers: Loader processes in place of ``config.data.num_workers``
+            (:func:`loader_workers`).
 
     Returns:
         The DataLoader's iterator.
     """
     from torch.utils.data import DataLoader
 
-    workers = config.data.num_workers
+    workers = config.data.num_workers if num_workers is None else num_workers
     loader = DataLoader(
         _Keyed(dataset),
         batch_sampler=sampler,
         collate_fn=collate,
         num_workers=workers,
+        worker_init_fn=_ignore_sigint if workers > 0 else None,
         pin_memory=torch.device(device).type == "cuda",
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,

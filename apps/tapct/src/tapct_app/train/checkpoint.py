@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tapct_data.faults import fault_point
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "capture_rng_state",
     "latest_checkpoint",
+    "latest_intact_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "remove_temporaries",
     "restore_rng_state",
     "save_checkpoint",
 ]
@@ -90,10 +93,12 @@ def save_checkpoint(state: dict[str, Any], folder: str | Path, iteration: int, k
             torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
             f.flush()
             os.fsync(f.fileno())
+        fault_point("checkpoint.mid_write")
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fault_point("checkpoint.after_write")
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return final
@@ -119,6 +124,51 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a tapct pretraining checkpoint ({CHECKPOINT_FORMAT})")
     return state
+
+
+def latest_intact_checkpoint(
+    folder: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[Path | None, dict[str, Any] | None, list[tuple[Path, str]]]:
+    """Load the newest checkpoint of ``folder`` that reads back, skipping damaged ones.
+
+    A checkpoint is damaged when :func:`load_checkpoint` rejects it (truncated, overwritten,
+    not a tapct checkpoint); the next older one is tried.
+
+    Args:
+        folder: The checkpoint directory (may not exist).
+        map_location: Where to put the tensors.
+
+    Returns:
+        ``(path, state, damaged)``: the newest intact checkpoint and its state (both None
+        when there is no checkpoint at all) and ``(path, reason)`` per damaged newer
+        file, newest first.
+
+    Raises:
+        ValueError: Checkpoints exist but none reads back (the first reason).
+    """
+    damaged: list[tuple[Path, str]] = []
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            return path, load_checkpoint(path, map_location), damaged
+        except ValueError as exc:
+            damaged.append((path, str(exc)))
+    if damaged:
+        raise ValueError(f"no intact checkpoint in {folder}: {damaged[0][1]}")
+    return None, None, damaged
+
+
+def remove_temporaries(folder: str | Path) -> None:
+    """Delete the temporary files of interrupted :func:`save_checkpoint` calls.
+
+    Call it only while no other process writes ``folder`` (the run's lock is held).
+
+    Args:
+        folder: The checkpoint directory (may not exist).
+    """
+    folder = Path(folder)
+    if folder.is_dir():
+        for tmp in folder.glob(".checkpoint-*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -161,12 +161,15 @@ class TrainConfig:
         compile: ``torch.compile`` the student's and the teacher's blocks
             (``VisionTransformer3d.compile_blocks``); the first steps are slower while
             each crop size compiles.
+        memory_check: Before the first step, refuse a run whose modelled step memory
+            exceeds the device's free memory (``tapct_app.train.memory``); false skips it.
     """
 
     iterations: int = attrs.field(default=125_000, validator=_positive)
     batch_size: int = attrs.field(default=16, validator=_positive)
     accumulation_steps: int = attrs.field(default=1, validator=_positive)
     compile: bool = False
+    memory_check: bool = True
 
     def global_batch(self, world_size: int = 1) -> int:
         """Samples per optimizer step over all processes (the lr scales with it).

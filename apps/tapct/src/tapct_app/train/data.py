@@ -124,8 +124,10 @@ def prepare_stores(
         The store paths (at least one).
 
     Raises:
-        UserError: No source, a missing one, nothing readable (with the first reason and
-            the count), or with ``on_error="stop"`` the first bad scan (named).
+        UserError: No source, a missing one, a zarr store without scans (empty or not
+            written by ``tapct preprocess``; checked before any conversion), nothing
+            readable (with the first reason and the count), or with ``on_error="stop"``
+            the first bad scan (named).
     """
     if not sources:
         raise UserError("no training data given (use --data PATH)")
@@ -142,6 +144,8 @@ def prepare_stores(
             stores.extend(sorted(c for c in p.iterdir() if is_zarr_store(c)))
         else:
             scans.append(p)
+    for store_path in stores:
+        _check_store_has_scans(store_path)
     if scans:
         resolved = sorted(str(p.resolve()) for p in scans)
         patterns = {"include": list(include), "exclude": list(exclude)}
@@ -163,6 +167,19 @@ def prepare_stores(
                 console.print(store_summary(report), markup=False, highlight=False, soft_wrap=True)
         stores.append(store)
     return stores
+
+
+def _check_store_has_scans(path: Path) -> None:
+    """A zarr store given as data must hold complete scans (not empty, not foreign)."""
+    from tapct_data import ZarrVolumeStore
+
+    with user_errors_from(path):
+        n = len(ZarrVolumeStore(path))
+    if n == 0:
+        raise UserError(
+            f"{path}: holds no complete scan (an empty zarr store, or one not written by "
+            "tapct preprocess)"
+        )
 
 
 def build_store(
@@ -195,10 +212,12 @@ def build_store(
         The ``tapct_data.StoreReport``.
 
     Raises:
-        UserError: Bad ``on_error``; ``on_error="stop"`` and a bad scan; or no scan could
-            be read at all (the first reason and the count; nothing is left on disk).
+        UserError: Bad ``on_error``; ``on_error="stop"`` and a bad scan; another process
+            is building ``store`` (its lock, naming the holder); or no scan could be read
+            at all (the first reason and the count; nothing is left on disk).
     """
     from tapct_data import build_zarr_store, expand_inputs
+    from tapct_data.locking import FolderLockedError
 
     if on_error not in ("skip", "stop"):
         raise UserError(f"--on-error {on_error!r}: expected skip or stop")
@@ -217,7 +236,7 @@ def build_store(
             shard=shard,
             progress=progress,
         )
-    except ValueError as exc:
+    except (ValueError, FolderLockedError) as exc:
         raise UserError(str(exc)) from exc
     if not report.written and not report.already_done:
         if report.skipped:

@@ -11,8 +11,11 @@ is written only after a fetch that saw every step since the previous one finite.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,11 +23,19 @@ from typing import Any, Protocol
 
 import attrs
 import torch
+from tapct_data.faults import fault_point
 from torch import nn
 
 from tapct_app.config_file import config_to_dict
+from tapct_app.errors import UserError
 from tapct_app.train import checkpoint as ckpt
-from tapct_app.train.build import build_data, build_loader, build_parts, wrap_ddp
+from tapct_app.train.build import (
+    build_data,
+    build_loader,
+    build_parts,
+    loader_workers,
+    wrap_ddp,
+)
 from tapct_app.train.config import PretrainConfig
 from tapct_app.train.data import IterationBatchSampler
 from tapct_app.train.distributed import (
@@ -49,6 +60,8 @@ __all__ = [
     "CollapseHook",
     "Hook",
     "MetricsHook",
+    "OutputInUseError",
+    "PretrainInterrupted",
     "PretrainResult",
     "ProgressHook",
     "TrainingDivergedError",
@@ -268,6 +281,48 @@ def run_pretraining(
         cleanup_distributed()
 
 
+class OutputInUseError(UserError):
+    """Another process holds the run directory's lock (``tapct_data.locking``)."""
+
+
+class PretrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C ended the run; the message says where and what a rerun resumes from.
+
+    Args:
+        message: One line, ``interrupted at iteration N ...; rerun the same command to
+            resume``.
+    """
+
+
+class _DeferredInterrupt:
+    """Turn the first Ctrl-C into a request honoured after the current step.
+
+    Installed only in a single process's main thread (under torchrun the ranks would
+    stop at different iterations); a second Ctrl-C interrupts at once.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.requested = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)  # a second Ctrl-C: at once
+
+    def __enter__(self) -> _DeferredInterrupt:
+        main = threading.current_thread() is threading.main_thread()
+        if self.enabled and main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        else:
+            self.enabled = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _run(
     config: PretrainConfig,
     output: Path,
@@ -278,19 +333,52 @@ def _run(
     show_progress: bool,
     extra_hooks: Sequence[Hook],
 ) -> PretrainResult:
+    from tapct_data.locking import FolderLockedError, folder_lock
+
     if not dist.is_main:
         console = None
-    if dist.is_main:
-        output.mkdir(parents=True, exist_ok=True)
-    barrier()
-    latest, saved = load_resume_checkpoint(output, resume)
+    with contextlib.ExitStack() as stack:
+        if dist.is_main:
+            output.mkdir(parents=True, exist_ok=True)
+            try:
+                stack.enter_context(folder_lock(output))
+            except FolderLockedError as exc:
+                raise OutputInUseError(str(exc)) from exc
+        barrier()
+        return _run_locked(config, output, dist, resume, stop_after, console, show_progress,
+                           extra_hooks)  # fmt: skip
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _run_locked(
+    config: PretrainConfig,
+    output: Path,
+    dist: DistInfo,
+    resume: bool,
+    stop_after: int | None,
+    console: Any,
+    show_progress: bool,
+    extra_hooks: Sequence[Hook],
+) -> PretrainResult:
+    from tapct_app.train.memory import check_memory
+
+    latest, saved = load_resume_checkpoint(output, resume, console, dist.is_main)
+    start, total = (int(saved["iteration"]) if saved is not None else 0), config.train.iterations
+    if start > total:
+        raise UserError(
+            f"{latest}: the checkpoint is at iteration {start}, past train.iterations={total}; "
+            "give --iterations >= that, or use --no-resume or another --output"
+        )
+    if start < total:
+        check_memory(config, dist.device)  # before the data cache and the first step
     dataset, store = build_data(config, output, dist, console)
     parts = build_parts(config, dist)
     run = RunState()
     if saved is not None and latest is not None:
         run = restore_run_state(parts.objective, parts.optimizer, saved, latest)
-        if console is not None:
-            console.print(f"resuming from {latest} at iteration {run.iteration}")
+        if console is not None and start < total:
+            console.print(f"resuming from {latest} at iteration {run.iteration}",
+                          markup=False, highlight=False, soft_wrap=True)  # fmt: skip
         del saved
     elif config.model.init:  # a new run: student and teacher from --init (resume wins)
         from tapct_app.models import init_pretraining
@@ -300,14 +388,14 @@ def _run(
     if dist.is_main:
         _write_config(config, output)
 
-    start, total = run.iteration, config.train.iterations
     end = total if stop_after is None else min(total, start + stop_after)
     global_batch = config.train.global_batch(dist.world_size)
     sampler = IterationBatchSampler(
         start, end, run.samples_seen, config.train.batch_size,
         config.train.accumulation_steps, dist.rank, dist.world_size,
     )  # fmt: skip
-    batches = build_loader(dataset, sampler, parts.collate, config, dist.device)
+    workers = loader_workers(config.data.num_workers, console)
+    batches = build_loader(dataset, sampler, parts.collate, config, dist.device, workers)
     hooks: list[Hook] = []
     if dist.is_main:
         metrics_hook = MetricsHook(output, start)
@@ -316,7 +404,7 @@ def _run(
             console.print(
                 metrics_hook.logger.tensorboard_off, markup=False, highlight=False, soft_wrap=True
             )
-        if console is not None and show_progress:
+        if console is not None and show_progress and start < end:
             hooks.append(ProgressHook(console, total, start))
         hooks.append(_collapse_hook(config, parts, console))
         hooks.extend(extra_hooks)
@@ -327,48 +415,74 @@ def _run(
     parts.objective.train()
     t_start = time.perf_counter()
     t_log, n_log = t_start, 0
+    it = start
+    interrupt = _DeferredInterrupt(enabled=not dist.distributed)
     try:
-        for it in range(start, end):
-            micro = [next(batches).to(dist.device, non_blocking=True) for _ in range(accum)]
-            step_out = train_step(parts, micro, it)
-            monitor.observe(it, step_out)
-            run.iteration, run.samples_seen = it + 1, run.samples_seen + global_batch
-            n_log += global_batch
-            for hook in hooks:
-                hook.on_step(it)
-            log_due = (it + 1) % config.log_every == 0 or it == start or it + 1 == end
-            ckpt_due = (it + 1) % config.checkpoint.every == 0 or it + 1 == end
-            if not (log_due or ckpt_due):
-                continue
-            fetched = monitor.fetch(ckpt.latest_checkpoint(output / "checkpoints"))  # raises
-            loss = fetched.values["loss"]
-            if run.first_loss is None:
-                run.first_loss = loss
-            last_loss = loss
-            if log_due and dist.is_main:
-                now = time.perf_counter()
-                metrics = {**fetched.values, **_schedule_metrics(step_out.schedule)}
-                if step_out.teacher_cls is not None:  # an SVD: logging steps only
-                    from tapct_ssl import effective_rank
-
-                    metrics["cls_effective_rank"] = float(effective_rank(step_out.teacher_cls))
-                metrics["samples_per_s"] = n_log / max(now - t_log, 1e-9)
-                t_log, n_log = now, 0
+        with interrupt:
+            for it in range(start, end):
+                micro = [next(batches).to(dist.device, non_blocking=True) for _ in range(accum)]
+                step_out = train_step(parts, micro, it)
+                monitor.observe(it, step_out)
+                run.iteration, run.samples_seen = it + 1, run.samples_seen + global_batch
+                fault_point("pretrain.after_step")
+                n_log += global_batch
                 for hook in hooks:
-                    hook.on_log(it, metrics)
-            if ckpt_due:
-                if dist.is_main:
-                    state = run_state_to_checkpoint(
-                        parts.objective, parts.optimizer, run, config, dist.world_size
+                    hook.on_step(it)
+                stopping = interrupt.requested and it + 1 < end
+                log_due = (it + 1) % config.log_every == 0 or it == start or it + 1 == end
+                ckpt_due = (it + 1) % config.checkpoint.every == 0 or it + 1 == end or stopping
+                if not (log_due or ckpt_due):
+                    continue
+                fetched = monitor.fetch(ckpt.latest_checkpoint(output / "checkpoints"))  # raises
+                loss = fetched.values["loss"]
+                if run.first_loss is None:
+                    run.first_loss = loss
+                last_loss = loss
+                if (log_due or stopping) and dist.is_main:
+                    now = time.perf_counter()
+                    metrics = {**fetched.values, **_schedule_metrics(step_out.schedule)}
+                    if step_out.teacher_cls is not None:  # an SVD: logging steps only
+                        from tapct_ssl import effective_rank
+
+                        rank = effective_rank(step_out.teacher_cls)
+                        metrics["cls_effective_rank"] = float(rank)
+                    metrics["samples_per_s"] = n_log / max(now - t_log, 1e-9)
+                    t_log, n_log = now, 0
+                    for hook in hooks:
+                        hook.on_log(it, metrics)
+                if ckpt_due:
+                    if dist.is_main:
+                        state = run_state_to_checkpoint(
+                            parts.objective, parts.optimizer, run, config, dist.world_size
+                        )
+                        last_ckpt = ckpt.save_checkpoint(
+                            state, output / "checkpoints", it + 1, config.checkpoint.keep
+                        )
+                    barrier()
+                if stopping:
+                    raise PretrainInterrupted(
+                        f"interrupted at iteration {it + 1} of {total}; checkpoint "
+                        f"{last_ckpt} written; rerun the same command to resume"
                     )
-                    last_ckpt = ckpt.save_checkpoint(
-                        state, output / "checkpoints", it + 1, config.checkpoint.keep
-                    )
-                barrier()
+    except torch.OutOfMemoryError as exc:
+        from tapct_app.train.memory import out_of_memory_message
+
+        raise UserError(out_of_memory_message(config, dist.device, it, last_ckpt)) from exc
+    except PretrainInterrupted:
+        raise
+    except KeyboardInterrupt as exc:  # a second Ctrl-C, or under torchrun
+        where = (f"from {last_ckpt}" if last_ckpt is not None else
+                 "from the start (no checkpoint was written yet)")
+        raise PretrainInterrupted(
+            f"interrupted at iteration {run.iteration} of {total}; rerun the same command "
+            f"to resume {where}"
+        ) from exc
     finally:
         for hook in hooks:
             hook.close()
     wall = time.perf_counter() - t_start
+    if start == end and start > 0:  # nothing ran (a finished run): its last logged loss
+        last_loss = _last_logged_loss(output / "metrics.jsonl", start)
     return _finish(config, output, dist, parts.objective, run, start, wall, last_ckpt,
                    last_loss, store)  # fmt: skip
 
@@ -384,6 +498,12 @@ def _collapse_hook(config: PretrainConfig, parts: Any, console: Any) -> Collapse
         batch=n_global * config.train.batch_size,
         quiet_until=parts.schedules.lr.warmup_iters,
     )
+
+
+def _last_logged_loss(path: Path, iterations: int) -> float:
+    """The loss of the last metrics line before ``iterations`` (NaN when none)."""
+    rows = [r for r in read_metrics(path) if int(r.get("iteration", -1)) < iterations]
+    return float(rows[-1]["loss"]) if rows and "loss" in rows[-1] else math.nan
 
 
 def _schedule_metrics(values: Any) -> dict[str, float]:

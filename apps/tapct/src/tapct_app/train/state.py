@@ -50,26 +50,47 @@ class RunState:
     first_loss: float | None = None
 
 
-def load_resume_checkpoint(output: Path, resume: bool) -> tuple[Path | None, dict | None]:
-    """Read the newest checkpoint of a run directory (every rank reads the same file).
+def load_resume_checkpoint(
+    output: Path, resume: bool, console: Any = None, is_main: bool = True
+) -> tuple[Path | None, dict | None]:
+    """Read the newest intact checkpoint of a run directory (every rank reads the same file).
+
+    A damaged newer checkpoint (truncated, overwritten) is renamed to ``<name>.damaged``
+    with a warning line, and the previous intact one is used; temporaries of interrupted
+    writes are removed. Call it with the run's lock held (rank 0 renames and removes).
 
     Args:
         output: The run directory.
         resume: False to start afresh.
+        console: A rich console for the warning, or None.
+        is_main: True on rank 0, the one process that renames and removes files.
 
     Returns:
         ``(path, state)``, or ``(None, None)`` when there is nothing to resume.
 
     Raises:
-        UserError: If the newest checkpoint cannot be read.
+        UserError: If checkpoints exist but none can be read.
     """
-    latest = ckpt.latest_checkpoint(output / "checkpoints") if resume else None
-    if latest is None:
+    if not resume:
         return None, None
+    folder = output / "checkpoints"
     try:
-        return latest, ckpt.load_checkpoint(latest, map_location="cpu")
+        latest, state, damaged = ckpt.latest_intact_checkpoint(folder)
     except ValueError as exc:
-        raise UserError(str(exc)) from exc
+        raise UserError(f"{exc}; use --no-resume or another --output") from exc
+    if not is_main:
+        return latest, state
+    ckpt.remove_temporaries(folder)
+    for path, reason in damaged:
+        aside = path.with_name(path.name + ".damaged")
+        path.replace(aside)
+        if console is not None:
+            console.print(
+                f"warning: {reason}; moved aside to {aside.name}, resuming from the "
+                f"previous intact checkpoint {latest}",
+                style="yellow", markup=False, highlight=False, soft_wrap=True,
+            )  # fmt: skip
+    return latest, state
 
 
 def run_state_to_checkpoint(
@@ -159,6 +180,8 @@ def export_teacher(
     if not isinstance(backbone, VisionTransformer3d):
         raise TypeError(f"cannot export a {type(backbone).__name__}: not a VisionTransformer3d")
     target = output / "model"
+    for stale in output.glob(".model.tmp-*"):  # an export killed earlier (the run is locked)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".model.tmp-", dir=output))
     try:
         backbone.save_pretrained(tmp, metadata=metadata)
