@@ -33,9 +33,13 @@ def load_backbone(spec: str, device: Any = "cpu") -> VisionTransformer3d:
 
     path = Path(spec).expanduser()
     if path.exists():
+        from safetensors import SafetensorError
+
         try:
             model = load_pretrained(path, map_location="cpu")
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError) as exc:
+            # SafetensorError: a truncated or garbage model.safetensors (its header or
+            # data shorter than it says)
             raise UserError(f"{path}: cannot load a model: {one_line(exc)}") from exc
     elif spec in list_models():
         warnings.warn(

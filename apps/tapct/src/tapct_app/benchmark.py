@@ -44,10 +44,12 @@ def benchmark_command(
 
     from tapct_app.backbone import load_backbone
     from tapct_app.intensity import model_normalize
-    from tapct_app.outputs import atomic_output_dir
+    from tapct_app.outputs import atomic_output_dir, check_output
     from tapct_app.readers import ScanLoaders
     from tapct_app.train.distributed import resolve_device
 
+    if output is not None:
+        check_output(output, "folder")
     if not task_file.is_file():
         raise UserError(f"{task_file}: no such task file")
     if not seeds:

@@ -53,9 +53,14 @@ def _root(
 
 
 def _console():
+    """THE console of every command: user text (paths, names) is printed literally.
+
+    Markup is off, so a path such as ``out[ct].zarr`` or ``a[/b]`` is shown as typed (no
+    ``MarkupError``, nothing swallowed); commands colour whole lines with ``style=``.
+    """
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    return Console(stderr=False, highlight=False, markup=False)
 
 
 def _runtime_policy() -> None:

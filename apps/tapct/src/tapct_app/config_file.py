@@ -173,11 +173,40 @@ def structure(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
         if _is_attrs_type(tp):
             kwargs[name] = structure(tp, value or {}, f"{where}.{name}")
         else:
+            _check_scalar(tp, value, f"{where}.{name}")
             kwargs[name] = value
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise UserError(f"{where}: {_one_line(exc)}") from exc
+
+
+_SCALARS: dict[type, tuple[str, tuple[type, ...]]] = {
+    bool: ("true or false", (bool,)),
+    int: ("an integer", (int,)),  # bool is an int (a switch such as grad_checkpointing)
+    float: ("a number", (int, float)),
+}
+
+
+def _check_scalar(tp: Any, value: Any, where: str) -> None:
+    """Refuse a value of the wrong kind for a numeric field (``int``, ``float``, ``bool``,
+    or one of them ``| None``) with a message naming the key and the value.
+
+    Other annotations (tuples, mappings, literals) are left to the class's converters and
+    validators.
+
+    Raises:
+        UserError: ``"<where>: expected an integer, got 'abc'"``.
+    """
+    args = typing.get_args(tp)
+    optional = type(None) in args
+    kinds = [a for a in args if a is not type(None)] if args else [tp]
+    if len(kinds) != 1 or kinds[0] not in _SCALARS or (optional and value is None):
+        return
+    kind = kinds[0]
+    what, accepted = _SCALARS[kind]
+    if not isinstance(value, accepted):
+        raise UserError(f"{where}: expected {what}, got {value!r}")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

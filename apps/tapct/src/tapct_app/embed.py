@@ -333,16 +333,6 @@ def _settings_id(settings: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- the folder
 
 
-def _check_output(output: Path) -> None:
-    """Refuse an ``-o`` that exists and is not a folder.
-
-    Raises:
-        UserError: ``-o`` is an existing file.
-    """
-    if output.exists() and not output.is_dir():
-        raise UserError(f"{output}: exists and is not a folder (-o needs a folder)")
-
-
 def _prepare_output(output: Path) -> bool:
     """Create ``-o`` or remove the temporaries a killed run left; True if created here."""
     if output.is_dir():
@@ -559,7 +549,9 @@ def embed_command(
         raise UserError(f"--workers {workers}: must be at least 1")
     if sw_batch_size < 1:
         raise UserError(f"--sw-batch-size {sw_batch_size}: must be at least 1")
-    _check_output(output)
+    from tapct_app.outputs import check_output
+
+    check_output(output, "folder")
     listing = _list_sources(inputs, include, exclude)
     sources: list[ScanSource] = list(listing.scans)
     walk_skipped = [(s.path, s.reason) for s in listing.skipped]  # found by the walk

@@ -76,10 +76,15 @@ def preprocess_command(
     """
     from tapct_data import expand_inputs, format_listing, write_listing
 
+    from tapct_app.outputs import check_output
     from tapct_app.scans import check_inputs_exist
     from tapct_app.train.data import build_store, store_summary
 
     check_inputs_exist(inputs)
+    if output is not None and not dry_run:
+        check_output(output, "folder")
+    if list_file is not None and dry_run:
+        check_output(list_file, "file", "--list-file")
     with user_errors_from(inputs[0] if len(inputs) == 1 else "inputs"):
         listing = expand_inputs(inputs, include=include, exclude=exclude)
     if dry_run:
@@ -164,12 +169,14 @@ def fingerprint_command(
             ``stop``) the first bad scan.
     """
     import attrs
-    from rich.markup import escape
     from tapct_data import compute_fingerprint, expand_inputs
 
+    from tapct_app.outputs import check_output
     from tapct_app.scans import check_inputs_exist
 
     check_inputs_exist(inputs)
+    if output is not None:
+        check_output(output, "file")
     if on_error not in ("skip", "stop"):
         raise UserError(f"--on-error {on_error!r}: expected skip or stop")
     n_workers = default_workers() if workers is None else workers
@@ -208,10 +215,13 @@ def fingerprint_command(
         markup=False,
         soft_wrap=True,
     )
-    if fp.skipped:  # user paths: escaped, never read as markup
-        first = escape(fp.skipped[0].reason)
+    if fp.skipped:  # user paths: printed literally, never read as markup
+        first = fp.skipped[0]
         console.print(
-            f"[yellow]{len(fp.skipped)} scan(s) skipped[/] (first: {first})", soft_wrap=True
+            f"{len(fp.skipped)} scan(s) skipped (first: {first.path}: {first.reason})",
+            style="yellow",
+            markup=False,
+            soft_wrap=True,
         )
     if output is not None:
         fp.save_json(output)

@@ -129,8 +129,9 @@ def _config_for_resume(
             ignored.append(key)
     if ignored and console is not None:
         console.print(
-            f"[yellow]resuming {output}: keeping the checkpoint's values of {', '.join(ignored)} "
-            "(use --no-resume or another --output to change them)[/]"
+            f"resuming {output}: keeping the checkpoint's values of {', '.join(ignored)} "
+            "(use --no-resume or another --output to change them)",
+            style="yellow",
         )
     return structure(PretrainConfig, merged, f"{latest} config")
 
@@ -175,12 +176,15 @@ def pretrain_command(
     demo = not cfg.data.sources
     if output is None:
         output = DEMO_OUTPUT if demo else DEFAULT_OUTPUT
+    from tapct_app.outputs import check_output
+
+    check_output(output, "folder")
     if resume:
         cfg = _config_for_resume(cfg, output, console)
     created = not output.exists()
     if demo:
         console.print(
-            f"[bold]tapct pretrain[/]: built-in demo on CT phantoms ({cfg.model.name}, "
+            f"tapct pretrain: built-in demo on CT phantoms ({cfg.model.name}, "
             f"{cfg.train.iterations} iterations, batch {cfg.train.batch_size}, "
             f"crops {cfg.crops.global_crops_size}/{cfg.crops.local_crops_size}) -> {output}/"
         )
@@ -219,12 +223,13 @@ def export_command(checkpoint: Path, output: Path, which: str, console: Any) -> 
         UserError: If the checkpoint is missing or unreadable, or ``which`` is unknown.
     """
     from tapct_app.intensity import model_metadata
-    from tapct_app.outputs import atomic_output_dir
+    from tapct_app.outputs import atomic_output_dir, check_output
     from tapct_app.train.build import build_backbone
     from tapct_app.train.checkpoint import latest_checkpoint, load_checkpoint
 
     if which not in ("teacher", "student"):
         raise UserError(f"--which {which!r}: expected teacher or student")
+    check_output(output, "folder")
     path = checkpoint
     if checkpoint.is_dir():
         found = latest_checkpoint(checkpoint / "checkpoints") or latest_checkpoint(checkpoint)

@@ -63,12 +63,13 @@ def retrieve_command(
 
     from tapct_app.backbone import load_backbone
     from tapct_app.intensity import model_normalize
-    from tapct_app.outputs import atomic_output_dir
+    from tapct_app.outputs import atomic_output_dir, check_output
     from tapct_app.readers import ScanLoaders
     from tapct_app.scans import check_inputs_exist
     from tapct_app.train.distributed import resolve_device
 
     check_inputs_exist([query_scan, query_mask, target_scan])
+    check_output(output, "folder")
     if top_k < 1:
         raise UserError(f"--top-k {top_k}: must be >= 1")
     try:

@@ -309,7 +309,9 @@ def build_data(
         sources = [str(p) for p in sorted((cache / "phantoms").glob("phantom-*.nii.gz"))]
     if dist.is_main:
         if console is not None and not all(is_zarr_store(s) for s in sources):
-            console.print(f"[dim]preparing the zarr store cache for {len(sources)} source(s)[/]")
+            console.print(
+                f"preparing the zarr store cache for {len(sources)} source(s)", style="dim"
+            )
         store = prepare_stores(
             sources,
             cache,
