@@ -38,7 +38,7 @@ from typing import Any
 
 import attrs
 import numpy as np
-from tapct_data import AIR_HU, ScanSource
+from tapct_data import AIR_HU, ScanSource, skip_reason
 from tapct_data.faults import fault_point
 
 from tapct_app.errors import UserError, one_line, user_errors_from
@@ -236,14 +236,6 @@ def _read_source(source: ScanSource, in_plane: tuple[int, int] | None) -> _Scan 
         spacing=tuple(float(s) for s in volume.spacing),  # type: ignore[arg-type]
         affine=np.asarray(volume.affine, dtype=float).tolist(),
     )
-
-
-def _reason(message: str, source: ScanSource) -> str:
-    """``"<source>: <problem>"`` -> ``"<problem>"`` for ``skipped.jsonl``."""
-    for prefix in (f"{source}: ", f"{source.path}: "):
-        if message.startswith(prefix):
-            return message[len(prefix) :]
-    return message
 
 
 def _executor(workers: int) -> Executor:
@@ -609,8 +601,9 @@ def embed_command(
             if isinstance(scan, str):
                 if on_error == "stop":
                     raise UserError(scan)
-                skipped.append((str(source), _reason(scan, source)))
-                progress.advance(f"{source}: skipped: {_reason(scan, source)}")
+                reason = skip_reason(source, scan)
+                skipped.append((str(source), reason))
+                progress.advance(f"{source}: skipped: {reason}")
                 continue
             hu = torch.from_numpy(scan.hu)  # (1, D, H, W) HU
             x = normalize(hu).float()

@@ -169,10 +169,10 @@ def fingerprint_command(
             ``stop``) the first bad scan.
     """
     import attrs
-    from tapct_data import compute_fingerprint, expand_inputs
+    from tapct_data import compute_fingerprint
 
     from tapct_app.outputs import check_output
-    from tapct_app.scans import check_inputs_exist
+    from tapct_app.scans import check_inputs_exist, list_inputs
 
     check_inputs_exist(inputs)
     if output is not None:
@@ -184,16 +184,10 @@ def fingerprint_command(
         raise UserError(f"--workers {n_workers}: must be >= 1")
     if samples_per_scan < 1:
         raise UserError(f"--samples-per-scan {samples_per_scan}: must be >= 1")
-    try:
-        listing = expand_inputs(inputs, include=include, exclude=exclude)
-    except ValueError as exc:
-        raise UserError(one_line(exc)) from exc
+    listing = list_inputs(inputs, include=include, exclude=exclude)
     if on_error == "stop" and listing.skipped:
         bad = listing.skipped[0]
         raise UserError(f"{bad.path}: {bad.reason}")
-    if not listing.scans:
-        why = f" (first: {listing.skipped[0].reason})" if listing.skipped else ""
-        raise UserError(f"no scans found in the inputs{why}")
     try:
         fp = compute_fingerprint(
             listing.scans,

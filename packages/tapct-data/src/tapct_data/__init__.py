@@ -39,6 +39,7 @@ from .inputs import (
     format_listing,
     read_scan,
     scan_name,
+    skip_reason,
     write_listing,
 )
 from .intensity import (
@@ -167,6 +168,7 @@ __all__ = [
     "resized_crop3d",
     "sample_batch_masks",
     "scan_name",
+    "skip_reason",
     "strip_image_suffix",
     "write_listing",
     "write_volume",

@@ -46,7 +46,7 @@ import zarr
 
 from .faults import fault_point
 from .formats import AIR_HU, is_zarr_store
-from .inputs import InputListing, ScanSource, Skipped, read_scan
+from .inputs import InputListing, ScanSource, Skipped, read_scan, skip_reason
 from .volume import Volume
 
 __all__ = [
@@ -142,15 +142,6 @@ def _write_json_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _reason(source: ScanSource, exc: BaseException) -> str:
-    """The one-line error of a bad source: the reader's message on one line (it names the
-    source; prefixed with it when it does not), as the CLI prints it."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if not isinstance(exc, ValueError):
-        text = f"{type(exc).__name__}: {text}"
-    return text if text.startswith(str(source)) else f"{source}: {text}"
-
-
 def _convert_one(task: _Task) -> _Outcome:
     """Read one scan and commit it into the store (runs in a pool worker or in-process)."""
     source = task.source
@@ -158,7 +149,7 @@ def _convert_one(task: _Task) -> _Outcome:
         fault_point(f"store.read.{source.name}")  # a reader dying on this scan (tests)
         volume = read_scan(source)
     except Exception as exc:  # any reader failure is a bad scan, reported
-        return _Outcome(source, reason=_reason(source, exc), error=exc)
+        return _Outcome(source, reason=skip_reason(source, exc), error=exc)
     data = volume.data[0].round().clamp(-32768, 32767).to(torch.int16).numpy()
     meta = {k: v for k, v in volume.metadata.items() if isinstance(v, str | int | float | bool)}
     attributes = {
@@ -248,7 +239,7 @@ def _died(source: ScanSource, exitcode: int | None) -> str:
         how = f"signal {number}{hint}"
     else:
         how = f"exit status {exitcode}"
-    return f"{source}: the reader process died ({how})"
+    return f"the reader process died ({how})"
 
 
 def _alone_main(task: _Task, conn: Any) -> None:
@@ -431,7 +422,7 @@ def build_zarr_store(
             raise ValueError(f"shard must be (k, n) with 0 <= k < n, got {shard}")
         scans, skipped = scans[k::n], skipped[k::n]
     if on_error == "stop" and skipped:
-        raise ValueError(skipped[0].reason)
+        raise ValueError(f"{skipped[0].path}: {skipped[0].reason}")
 
     path = Path(store)
     created = not path.exists()
@@ -471,11 +462,13 @@ def build_zarr_store(
                 if outcome.record is not None:
                     written.append(outcome.source.name)
                 else:
-                    reason = outcome.reason or f"{outcome.source}: unreadable"
+                    reason = outcome.reason or "unreadable"
                     bad[outcome.source.name] = Skipped(path=str(outcome.source), reason=reason)
                     if on_error == "stop":
                         err = outcome.error
-                        raise err if isinstance(err, ValueError) else ValueError(reason)
+                        if isinstance(err, ValueError):
+                            raise err
+                        raise ValueError(f"{outcome.source}: {reason}")
                 if progress is not None:
                     progress(count, len(tasks), outcome.source.name)
         finally:

@@ -221,9 +221,10 @@ def build_store(
         raise UserError(str(exc)) from exc
     if not report.written and not report.already_done:
         if report.skipped:
+            first = report.skipped[0]
             raise UserError(
-                f"no scan could be read ({len(report.skipped)} skipped); the first: "
-                f"{report.skipped[0].reason}"
+                f"{first.path}: {first.reason}; no scan could be read "
+                f"({len(report.skipped)} skipped)"
             )
         raise UserError(f"no scans found in {', '.join(str(p) for p in inputs)}")
     return report
