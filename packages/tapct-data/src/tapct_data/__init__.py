@@ -22,7 +22,13 @@ from .collate import (
     collate_slabs,
 )
 from .crops import CropParams, RandomResizedCrop3d, resized_crop3d
-from .errors import DicomGeometryWarning, LabelMapError, NotCTError, NotCTWarning
+from .errors import (
+    DicomGeometryWarning,
+    IncompleteStoreWarning,
+    LabelMapError,
+    NotCTError,
+    NotCTWarning,
+)
 from .formats import (
     AIR_HU,
     FORMATS,
@@ -122,6 +128,7 @@ __all__ = [
     "ForegroundStats",
     "GammaParams",
     "ImageFormat",
+    "IncompleteStoreWarning",
     "InputListing",
     "IterationBatchSampler",
     "LabelMapError",

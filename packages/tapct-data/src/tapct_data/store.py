@@ -12,6 +12,10 @@ Layout of a store folder ``STORE`` (a zarr v3 group)::
     STORE/skipped.jsonl      one JSON object per source that could not be read
                              (``{"path": ..., "reason": ...}``), rewritten by each build
     STORE/.tmp-*             arrays being written (removed by the next build)
+    STORE/_incomplete        present while a build runs and after one that did not finish
+                             (stopped at a bad scan, interrupted, killed); removed when a
+                             build ends normally. Opening such a store warns
+                             (`IncompleteStoreWarning`): it holds only some of its scans.
 
 A scan is complete or absent, also after ``kill -9``: its array is written under a
 temporary name and renamed into place (``os.replace``; a zarr v3 local array is a folder and
@@ -30,7 +34,9 @@ import multiprocessing
 import os
 import shutil
 import signal
+import time
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -44,6 +50,7 @@ import numpy as np
 import torch
 import zarr
 
+from .errors import IncompleteStoreWarning
 from .faults import fault_point
 from .formats import AIR_HU, is_zarr_store
 from .inputs import InputListing, ScanSource, Skipped, read_scan, skip_reason
@@ -62,6 +69,8 @@ __all__ = [
 FORMAT_VERSION = 2
 INDEX_DIR = "_index"
 INDEX_FILE = "index.json"
+INCOMPLETE_FILE = "_incomplete"
+_WARNED_INCOMPLETE: set[str] = set()
 SKIPPED_FILE = "skipped.jsonl"
 TMP_PREFIX = ".tmp-"
 
@@ -437,6 +446,10 @@ def build_zarr_store(
         _check_format(path)
         (path / INDEX_DIR).mkdir(exist_ok=True)
         _remove_temporaries(path)
+        _write_json_atomic(
+            path / INCOMPLETE_FILE,
+            json.dumps({"sources": len(scans), "started": time.time()}) + "\n",
+        )
         index = _load_index(path)
         todo: list[ScanSource] = []
         done: list[str] = []
@@ -476,6 +489,7 @@ def build_zarr_store(
             report = tuple(skipped) + tuple(bad[n] for n in sorted(bad, key=order.__getitem__))
             _write_skipped(path, report)
             _write_consolidated(path)
+        (path / INCOMPLETE_FILE).unlink(missing_ok=True)  # the build ended normally
     finally:
         if created and path.exists() and not _index_names(path):
             shutil.rmtree(path, ignore_errors=True)
@@ -584,6 +598,17 @@ class ZarrVolumeStore:
         self._index = _load_index(self.path) if ours else {}
         self.names: list[str] = list(self._index)
         self._arrays: dict[str, zarr.Array] = {}
+        #: False while a build runs or after one that did not finish (see the module doc).
+        self.complete = not (self.path / INCOMPLETE_FILE).exists()
+        if not self.complete and str(self.path.resolve()) not in _WARNED_INCOMPLETE:
+            _WARNED_INCOMPLETE.add(str(self.path.resolve()))  # once per store and process
+            warnings.warn(
+                f"{self.path}: not finished by `tapct preprocess` (a build running, stopped "
+                f"or interrupted): only its {len(self.names)} complete scan(s) are used; "
+                "rerun the same preprocess command to finish it",
+                IncompleteStoreWarning,
+                stacklevel=2,
+            )
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers reopen arrays lazily
         return {**self.__dict__, "_arrays": {}}
