@@ -19,6 +19,7 @@ def benchmark_command(
     device: str,
     console: Any,
     intensity_stats: Path | None = None,
+    allow_non_ct: bool = False,
 ) -> Any:
     """Run a benchmark task file for one model; write results.json/.csv and figures.
 
@@ -31,6 +32,7 @@ def benchmark_command(
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         console: A rich console.
         intensity_stats: ``--intensity-stats`` JSON overriding the model's statistics.
+        allow_non_ct: ``--allow-non-ct``: read non-HU images anyway.
 
     Returns:
         The ``tapct_eval.BenchmarkResults``.
@@ -69,7 +71,7 @@ def benchmark_command(
             f"size {patch}"
         )
     output = output or Path("runs/benchmark") / task.name
-    loaders = ScanLoaders(model_normalize(model, intensity_stats))
+    loaders = ScanLoaders(model_normalize(model, intensity_stats), allow_non_ct=allow_non_ct)
     model_name = Path(model).name if Path(model).exists() else str(model)
     with atomic_output_dir(output) as tmp:
         results = run_benchmark(

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from tapct_app.errors import EXIT_USER_ERROR, UserError, one_line
+from tapct_app.errors import EXIT_USER_ERROR, UserError, one_line, with_hint
 
 __all__ = ["app", "main"]
 
@@ -71,7 +71,8 @@ def _runtime_policy() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"tapct: warning: {one_line(message)}", file=file or sys.stderr)
+        text = one_line(message).replace("(allow_non_ct=True)", "(--allow-non-ct)")
+        print(f"tapct: warning: {text}", file=file or sys.stderr)
 
     if not _STATE["debug"]:
         warnings.showwarning = show
@@ -100,6 +101,15 @@ _INTENSITY_HELP = (
     "lower/upper/mean/std)."
 )
 _MODEL_INTENSITY_HELP = _INTENSITY_HELP + " Default: the statistics recorded with the model."
+
+#: ``--allow-non-ct`` of every command that reads scans (``tapct_data.read_volume``'s switch).
+_AllowNonCT = Annotated[
+    bool,
+    typer.Option(
+        "--allow-non-ct",
+        help="Read volumes that do not look like CT in HU (MR, ...) anyway, with a warning.",
+    ),
+]
 
 #: ``--include`` / ``--exclude`` of every command that takes scans (``tapct_data.expand_inputs``).
 _Include = Annotated[
@@ -267,6 +277,7 @@ def embed(
     intensity_stats: Annotated[Path | None, typer.Option(help=_MODEL_INTENSITY_HELP)] = None,
     include: _Include = None,
     exclude: _Exclude = None,
+    allow_non_ct: _AllowNonCT = False,
 ) -> None:
     """Embed scans: dense patch features (E, t, h, w) and window cls tokens, plus a PCA picture.
 
@@ -292,6 +303,7 @@ def embed(
         intensity_stats=intensity_stats,
         include=include or (),
         exclude=exclude or (),
+        allow_non_ct=allow_non_ct,
     )
 
 
@@ -322,6 +334,7 @@ def benchmark(
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds (paper: 0,1,2).")] = "0,1,2",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     intensity_stats: Annotated[Path | None, typer.Option(help=_MODEL_INTENSITY_HELP)] = None,
+    allow_non_ct: _AllowNonCT = False,
 ) -> None:
     """Frozen-feature benchmark (linear segmentation probe / ABMIL): tables, JSON/CSV, figures."""
     _runtime_policy()
@@ -333,7 +346,7 @@ def benchmark(
         raise UserError(f"--seeds {seeds!r}: expected comma-separated integers") from None
     benchmark_command(
         task_file, model, output, seed_list, device, console=_console(),
-        intensity_stats=intensity_stats,
+        intensity_stats=intensity_stats, allow_non_ct=allow_non_ct,
     )
 
 
@@ -369,6 +382,7 @@ def preprocess(
     ] = None,
     include: _Include = None,
     exclude: _Exclude = None,
+    allow_non_ct: _AllowNonCT = False,
 ) -> None:
     """Convert scans into a chunked zarr store for pretraining (parallel, resumable).
 
@@ -390,6 +404,7 @@ def preprocess(
         list_file=list_file,
         include=include or (),
         exclude=exclude or (),
+        allow_non_ct=allow_non_ct,
     )
 
 
@@ -414,6 +429,7 @@ def fingerprint(
     seed: Annotated[int, typer.Option(help="Seed of the voxel sampling.")] = 0,
     include: _Include = None,
     exclude: _Exclude = None,
+    allow_non_ct: _AllowNonCT = False,
 ) -> None:
     """Dataset fingerprint (nnU-Net style): body-foreground clip window, mean, std; spacings."""
     _runtime_policy()
@@ -429,6 +445,7 @@ def fingerprint(
         seed=seed,
         include=include or (),
         exclude=exclude or (),
+        allow_non_ct=allow_non_ct,
     )
 
 
@@ -466,6 +483,7 @@ def retrieve(
     roi: Annotated[str | None, typer.Option(help="Sliding-window size D,H,W.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     intensity_stats: Annotated[Path | None, typer.Option(help=_MODEL_INTENSITY_HELP)] = None,
+    allow_non_ct: _AllowNonCT = False,
 ) -> None:
     """Patch retrieval (paper section 4.4): find a lesion of one scan in a follow-up scan."""
     _runtime_policy()
@@ -483,6 +501,7 @@ def retrieve(
         device=device,
         console=_console(),
         intensity_stats=intensity_stats,
+        allow_non_ct=allow_non_ct,
     )
 
 
@@ -502,16 +521,19 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             raise
-        print(f"tapct: error: {one_line(exc)}", file=sys.stderr)
+        print(f"tapct: error: {with_hint(one_line(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("tapct: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        # Typer's (vendored) click usage errors: show the usage line, as click would.
-        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if show is not None and isinstance(exit_code, int):
-            show()
+        # Typer's (vendored) click usage errors (a bad or missing option): the same one
+        # line as every user error, with where to find the usage.
+        message, exit_code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
+        if message is not None and isinstance(exit_code, int):
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "tapct"
+            print(f"tapct: error: {one_line(message())} (see {where} --help)", file=sys.stderr)
             return exit_code
         if type(exc).__name__ == "Abort":
             print("tapct: aborted", file=sys.stderr)

@@ -26,6 +26,7 @@ window settings, the precision and the intensity normalisation it was made with.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -210,7 +211,9 @@ def _list_sources(
     return list_inputs(inputs, include=include, exclude=exclude)
 
 
-def _read_source(source: ScanSource, in_plane: tuple[int, int] | None) -> _Scan | str:
+def _read_source(
+    source: ScanSource, in_plane: tuple[int, int] | None, allow_non_ct: bool = False
+) -> _Scan | str:
     """Read one scan in HU (in a worker); a scan the user can fix gives its one-line reason.
 
     Module level, so a process pool can pickle it.
@@ -223,7 +226,7 @@ def _read_source(source: ScanSource, in_plane: tuple[int, int] | None) -> _Scan 
     volume: Any
     try:
         with user_errors_from(str(source)):
-            volume = read_scan(source)
+            volume = read_scan(source, allow_non_ct=allow_non_ct)
         if in_plane is not None:
             from tapct_data import resize_for_eval
 
@@ -495,6 +498,7 @@ def embed_command(
     intensity_stats: Path | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    allow_non_ct: bool = False,
 ) -> EmbedReport:
     """Run ``tapct embed`` (see the module docstring).
 
@@ -516,6 +520,7 @@ def embed_command(
         intensity_stats: ``--intensity-stats`` JSON overriding the model's statistics.
         include: ``--include`` glob patterns (only matching files are embedded).
         exclude: ``--exclude`` glob patterns (matching files are left out).
+        allow_non_ct: ``--allow-non-ct``: embed MR and other non-HU volumes anyway.
 
     Returns:
         The :class:`EmbedReport` (its :meth:`~EmbedReport.summary` is printed).
@@ -597,7 +602,9 @@ def embed_command(
     for path, reason in walk_skipped:
         console.print(f"{path}: skipped: {reason}", markup=False, highlight=False, soft_wrap=True)
     try:
-        for source, scan in _read_ahead(todo, in_plane, workers, _read_source):
+        for source, scan in _read_ahead(
+            todo, in_plane, workers, functools.partial(_read_source, allow_non_ct=allow_non_ct)
+        ):
             if isinstance(scan, str):
                 if on_error == "stop":
                     raise UserError(scan)

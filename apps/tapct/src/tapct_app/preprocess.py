@@ -40,6 +40,7 @@ def preprocess_command(
     list_file: Path | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    allow_non_ct: bool = False,
 ) -> Any:
     """Convert scans into one chunked zarr store (``tapct_data.build_zarr_store``).
 
@@ -66,6 +67,7 @@ def preprocess_command(
             files are read.
         exclude: ``--exclude`` glob patterns: matching files are left out (e.g.
             ``segmentations/*`` of TotalSegmentator, ``labelsTr/*`` of nnU-Net).
+        allow_non_ct: ``--allow-non-ct``: store MR and other non-HU volumes anyway.
 
     Returns:
         The ``tapct_data.StoreReport``, or the ``InputListing`` with ``dry_run``.
@@ -114,6 +116,7 @@ def preprocess_command(
             shard=parse_shard(shard),
             progress=progress,
             listing=listing,
+            allow_non_ct=allow_non_ct,
         )
     console.print(store_summary(report), markup=False, highlight=False, soft_wrap=True)
     return report
@@ -140,6 +143,7 @@ def fingerprint_command(
     seed: int = 0,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    allow_non_ct: bool = False,
 ) -> Any:
     """Compute the dataset fingerprint (``tapct_data.compute_fingerprint``) of the inputs.
 
@@ -160,6 +164,7 @@ def fingerprint_command(
         seed: Seed of the sampling.
         include: ``--include`` glob patterns (only matching files are read).
         exclude: ``--exclude`` glob patterns (matching files are left out).
+        allow_non_ct: ``--allow-non-ct``: include MR and other non-HU volumes.
 
     Returns:
         The ``tapct_data.Fingerprint``.
@@ -168,8 +173,10 @@ def fingerprint_command(
         UserError: A missing input, a bad option, no foreground in any scan, or (with
             ``stop``) the first bad scan.
     """
+    import functools
+
     import attrs
-    from tapct_data import compute_fingerprint
+    from tapct_data import compute_fingerprint, read_scan
 
     from tapct_app.outputs import check_output
     from tapct_app.scans import check_inputs_exist, list_inputs
@@ -195,6 +202,7 @@ def fingerprint_command(
             seed=seed,
             workers=n_workers,
             on_error=on_error,
+            reader=functools.partial(read_scan, allow_non_ct=True) if allow_non_ct else None,
         )
     except ValueError as exc:
         raise UserError(one_line(exc)) from exc

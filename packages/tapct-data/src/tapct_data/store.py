@@ -120,6 +120,7 @@ class _Task:
     chunks: tuple[int, int, int]
     codec: str
     slices_per_file: int | None
+    allow_non_ct: bool = False
 
 
 @attrs.frozen
@@ -156,7 +157,7 @@ def _convert_one(task: _Task) -> _Outcome:
     source = task.source
     try:
         fault_point(f"store.read.{source.name}")  # a reader dying on this scan (tests)
-        volume = read_scan(source)
+        volume = read_scan(source, allow_non_ct=task.allow_non_ct)
     except Exception as exc:  # any reader failure is a bad scan, reported
         return _Outcome(source, reason=skip_reason(source, exc), error=exc)
     data = volume.data[0].round().clamp(-32768, 32767).to(torch.int16).numpy()
@@ -368,6 +369,7 @@ def build_zarr_store(
     chunks: tuple[int, int, int] = DEFAULT_CHUNKS,
     codec: str = DEFAULT_CODEC,
     slices_per_file: int | None = DEFAULT_SLICES_PER_FILE,
+    allow_non_ct: bool = False,
 ) -> StoreReport:
     """Convert scans into one zarr store, in parallel, resumably, skipping bad scans.
 
@@ -399,6 +401,8 @@ def build_zarr_store(
         codec: ``"blosc-lz4"`` (default), ``"blosc-zstd"``, ``"zstd"`` or ``"none"``.
         slices_per_file: Chunks grouped into one file per this many slices (zarr v3
             sharding codec; reads still fetch single chunks); None: one file per chunk.
+        allow_non_ct: Read non-CT volumes anyway (`read_scan`'s switch, with a
+            `NotCTWarning`) instead of skipping them.
 
     Returns:
         A `StoreReport`. When nothing is in the store at the end (every source skipped and
@@ -463,7 +467,7 @@ def build_zarr_store(
                 (path / INDEX_DIR / f"{source.name}.json").unlink(missing_ok=True)
             todo.append(source)
         tasks = [
-            _Task(s, path, tuple(chunks), codec, slices_per_file)  # type: ignore[arg-type]
+            _Task(s, path, tuple(chunks), codec, slices_per_file, allow_non_ct)  # type: ignore[arg-type]
             for s in todo
         ]
         written: list[str] = []

@@ -176,6 +176,7 @@ def build_store(
     listing: Any = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    allow_non_ct: bool = False,
 ) -> Any:
     """Expand ``inputs`` and convert them into ``store``; a user error if nothing was read.
 
@@ -190,6 +191,7 @@ def build_store(
         listing: An already expanded ``tapct_data.InputListing``.
         include: Glob patterns a scan must match (ignored with ``listing``).
         exclude: Glob patterns that leave a scan out (ignored with ``listing``).
+        allow_non_ct: ``--allow-non-ct``: read MR and other non-HU volumes anyway.
 
     Returns:
         The ``tapct_data.StoreReport``.
@@ -216,6 +218,7 @@ def build_store(
             on_error="stop" if on_error == "stop" else "skip",
             shard=shard,
             progress=progress,
+            allow_non_ct=allow_non_ct,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
