@@ -131,7 +131,7 @@ def test_fingerprint_skips_scans_without_foreground_and_fails_on_none():
     body = make_phantom((8, 32, 32), seed=1)[0]
     fp = compute_fingerprint([air, body], samples_per_scan=100)
     assert fp.n_scans == 1 and "no foreground" in fp.skipped[0].reason
-    want = r"^<tensor .*: no foreground .*; no foreground voxel in any scan \(2 of 2 skipped\)$"
+    want = r"^<tensor .*: no foreground .*; no scan could be fingerprinted \(2 of 2 skipped\)$"
     with pytest.raises(ValueError, match=want) as info:
         compute_fingerprint([air, air], samples_per_scan=100)
     assert "\n" not in str(info.value)

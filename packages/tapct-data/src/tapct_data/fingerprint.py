@@ -352,7 +352,7 @@ def compute_fingerprint(
     if not results:
         first = f"{skipped[0].path}: {skipped[0].reason}" if skipped else "?"
         raise ValueError(
-            f"{first}; no foreground voxel in any scan ({len(skipped)} of {len(items)} "
+            f"{first}; no scan could be fingerprinted ({len(skipped)} of {len(items)} "
             "skipped)"
         )
     count = sum(r.count for r in results)
