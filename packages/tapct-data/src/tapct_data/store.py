@@ -70,7 +70,7 @@ FORMAT_VERSION = 2
 INDEX_DIR = "_index"
 INDEX_FILE = "index.json"
 INCOMPLETE_FILE = "_incomplete"
-_WARNED_INCOMPLETE: set[str] = set()
+_WARNED_INCOMPLETE: set[tuple[str, int]] = set()
 SKIPPED_FILE = "skipped.jsonl"
 TMP_PREFIX = ".tmp-"
 
@@ -603,9 +603,13 @@ class ZarrVolumeStore:
         self.names: list[str] = list(self._index)
         self._arrays: dict[str, zarr.Array] = {}
         #: False while a build runs or after one that did not finish (see the module doc).
-        self.complete = not (self.path / INCOMPLETE_FILE).exists()
-        if not self.complete and str(self.path.resolve()) not in _WARNED_INCOMPLETE:
-            _WARNED_INCOMPLETE.add(str(self.path.resolve()))  # once per store and process
+        try:
+            key = (str(self.path.resolve()), (self.path / INCOMPLETE_FILE).stat().st_mtime_ns)
+        except FileNotFoundError:
+            key = None
+        self.complete = key is None
+        if key is not None and key not in _WARNED_INCOMPLETE:
+            _WARNED_INCOMPLETE.add(key)  # once per unfinished build and process
             warnings.warn(
                 f"{self.path}: not finished by `tapct preprocess` (a build running, stopped "
                 f"or interrupted): only its {len(self.names)} complete scan(s) are used; "
