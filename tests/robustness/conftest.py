@@ -30,6 +30,8 @@ def bad_workspace(tmp_path_factory, shared_data) -> Path:
     w = tmp_path_factory.mktemp("bad_inputs")
     ct = shared_data / "ct/example_ct_sm.nii.gz"
     (w / "garbage.nii.gz").write_text("this is not a NIfTI file\n")
+    (w / "a[").mkdir()  # the path a[/b].nii.gz: rich markup's closing tag [/b]
+    (w / "a[/b].nii.gz").write_text("not a NIfTI file, with rich markup in its name\n")
     (w / "trunc.nii.gz").write_bytes(ct.read_bytes()[:20_000])
     (w / "not_gzip.nii.gz").write_bytes(gzip.compress(b"plain text, gzipped"))
     nib.save(nib.Nifti1Image(np.full((8, 32, 32), -1000, np.int16), np.eye(4)), w / "air.nii.gz")

@@ -70,6 +70,7 @@ class Case:
         report: ``skipped``: the skip report (``.jsonl`` or a fingerprint ``.json``).
         writes: ``ok``/``skipped``: whether the output folder may change (False for
             ``--dry-run``, ``models``, ``configs``).
+        terminal: Run as on a terminal (``FORCE_COLOR=1``: progress bars, colours).
     """
 
     id: str
@@ -79,6 +80,7 @@ class Case:
     words: str = ""
     report: str = ""
     writes: bool = True
+    terminal: bool = False
 
     def param(self):
         return pytest.param(self, id=self.id)
@@ -88,8 +90,8 @@ def E(id, argv, names, words=""):  # noqa: N802 - a row of the table
     return Case(id, argv, "error", names, words)
 
 
-def OK(id, argv, names="", writes=True):  # noqa: N802
-    return Case(id, argv, "ok", names, writes=writes)
+def OK(id, argv, names="", writes=True, terminal=False):  # noqa: N802
+    return Case(id, argv, "ok", names, writes=writes, terminal=terminal)
 
 
 def SKIP(id, argv, report):  # noqa: N802
@@ -150,6 +152,8 @@ CASES = [
        "{O}/out[ct].zarr/skipped.jsonl"),
     OK("preprocess-markup-close-tag",
        "preprocess {S}/ct/example_ct_sm.nii.gz -o {O}/a[/b].zarr --workers 1", "{O}/a[/b].zarr"),
+    OK("preprocess-markup-terminal", "preprocess {S}/ct/example_ct_sm.nii.gz {R}/image_2d.mha "
+       "-o {O}/t[/b][ct].zarr --workers 1", "{O}/t[/b][ct].zarr/skipped.jsonl", terminal=True),
     E("preprocess-markup-missing", "preprocess {W}/x[/b][red].nii.gz -o {O}/s",
       "{W}/x[/b][red].nii.gz", "no such file"),
     # ------------------------------------------------------------------ fingerprint
@@ -166,6 +170,8 @@ CASES = [
     E("fingerprint-garbage", "fingerprint {W}/garbage.nii.gz --workers 1",
       "{W}/garbage.nii.gz"),
     E("fingerprint-samples-0", "fingerprint {S}/ct --samples-per-scan 0", "--samples-per-scan"),
+    OK("fingerprint-markup-terminal", "fingerprint {S}/ct/example_ct_sm.nii.gz {W}/a[/b].nii.gz "
+       "--workers 1", "{W}/a[/b].nii.gz: cannot read NIfTI", terminal=True),
     OK("fingerprint-markup", "fingerprint {S}/ct/example_ct_sm.nii.gz --workers 1 "
        "-o {O}/fp[/b][ct].json", "{O}/fp[/b][ct].json"),
     # ------------------------------------------------------------------ embed
@@ -317,7 +323,10 @@ def check_contract(case: Case, rc: int, out: str, err: str, fill, before, after)
 
 
 @pytest.mark.parametrize("case", [c.param() for c in CASES])
-def test_bad_input_contract(case: Case, bad_workspace, shared_data, tmp_path, capsys):
+def test_bad_input_contract(case: Case, bad_workspace, shared_data, tmp_path, capsys,
+                            monkeypatch):
+    if case.terminal:
+        monkeypatch.setenv("FORCE_COLOR", "1")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
 
