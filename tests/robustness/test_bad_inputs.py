@@ -209,6 +209,10 @@ CASES = [
     E("embed-in-plane", f"embed {{S}}/ct -o {{O}}/e --in-plane 1,2,3 {EMB}", "--in-plane"),
     E("embed-intensity-stats-folder", f"embed {{S}}/ct/example_ct_sm.nii.gz -o {{O}}/e "
       f"--intensity-stats {{W}}/empty {EMB}", "{W}/empty"),
+    E("embed-workers-0", f"embed {{S}}/ct -o {{O}}/e --workers 0 {EMB}", "--workers"),
+    E("embed-sw-batch-0", f"embed {{S}}/ct -o {{O}}/e --sw-batch-size 0 {EMB}",
+      "--sw-batch-size"),
+    E("embed-on-error", f"embed {{S}}/ct -o {{O}}/e --on-error maybe {EMB}", "--on-error"),
     E("embed-device", "embed {S}/ct/example_ct_sm.nii.gz -o {O}/e -m {W}/models/nano "
       "--device tpu", "--device"),
     # ------------------------------------------------------------------ pretrain
@@ -223,6 +227,10 @@ CASES = [
     E("pretrain-set-unknown-key", "pretrain --set train.nope=1 -o {O}/run", "train", "nope"),
     E("pretrain-config-unknown", "pretrain --config nope -o {O}/run", "nope", "unknown config"),
     E("pretrain-config-not-yaml", "pretrain --config {W}/bad.yaml -o {O}/run", "{W}/bad.yaml"),
+    E("pretrain-set-library-section", "pretrain --set optim.base_lr=abc -o {O}/run",
+      "optim.base_lr", "expected a number"),
+    E("pretrain-device", "pretrain --device tpu -o {O}/run", "--device", "unknown device"),
+    E("pretrain-batch-size-0", "pretrain --batch-size 0 -o {O}/run", "batch_size", "positive"),
     E("pretrain-iterations-text", "pretrain --iterations abc -o {O}/run", "--iterations"),
     E("pretrain-stop-after-0", "pretrain --stop-after 0 -o {O}/run", "--stop-after"),
     E("pretrain-intensity-stats-missing", "pretrain --intensity-stats {W}/nope.json -o {O}/run",

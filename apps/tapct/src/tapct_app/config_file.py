@@ -22,6 +22,7 @@ from tapct_app.errors import UserError
 
 __all__ = [
     "apply_overrides",
+    "check_value_types",
     "config_to_dict",
     "list_shipped_configs",
     "load_config",
@@ -207,6 +208,29 @@ def _check_scalar(tp: Any, value: Any, where: str) -> None:
     what, accepted = _SCALARS[kind]
     if not isinstance(value, accepted):
         raise UserError(f"{where}: expected {what}, got {value!r}")
+
+
+def check_value_types(cls: type, data: Mapping[str, Any], where: str) -> None:
+    """Check the numeric values of a raw mapping against an attrs class's field types.
+
+    For the sections passed whole to a library config (``optim``, ``objective``): a value
+    such as ``--set optim.base_lr=abc`` is refused naming the key, before the library's
+    own validators compare it with a number.
+
+    Args:
+        cls: The attrs class the mapping is for (e.g. ``tapct_ssl.OptimConfig``).
+        data: The section.
+        where: A label for the message (``"config section 'optim'"``).
+
+    Raises:
+        UserError: ``"<where>.<key>: expected a number, got 'abc'"``.
+    """
+    if not attrs.has(cls):
+        return
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key in hints:
+            _check_scalar(hints[key], value, f"{where}.{key}")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -173,6 +173,12 @@ def pretrain_command(
     cfg = resolve_pretrain_config(
         config, data, preset, iterations, batch_size, seed, device, overrides, intensity_stats
     )
+    from tapct_app.train.distributed import resolve_device
+
+    try:
+        resolve_device(cfg.device)  # a bad --device fails before any work
+    except ValueError as exc:
+        raise UserError(f"--device {cfg.device!r}: {exc}") from exc
     demo = not cfg.data.sources
     if output is None:
         output = DEMO_OUTPUT if demo else DEFAULT_OUTPUT

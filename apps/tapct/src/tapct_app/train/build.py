@@ -21,6 +21,7 @@ from tapct_data.normalize import NormalizeConfig
 from torch import nn
 from torch.utils.data import Dataset
 
+from tapct_app.config_file import check_value_types
 from tapct_app.errors import UserError
 from tapct_app.train.config import PretrainConfig
 from tapct_app.train.data import (
@@ -92,6 +93,7 @@ def objective_config(config: PretrainConfig) -> Any:
     """
     from tapct_ssl import DINOv2ObjectiveConfig
 
+    check_value_types(DINOv2ObjectiveConfig, config.objective, "objective")
     try:
         return DINOv2ObjectiveConfig(**config.objective)
     except (TypeError, ValueError) as exc:
@@ -130,6 +132,7 @@ def build_optim_config(config: PretrainConfig) -> Any:
     """
     from tapct_ssl import OptimConfig
 
+    check_value_types(OptimConfig, config.optim, "optim")
     try:
         return OptimConfig(**config.optim)
     except (TypeError, ValueError) as exc:
