@@ -38,6 +38,8 @@ def bad_workspace(tmp_path_factory, shared_data) -> Path:
     ref = nib.load(ct)
     nib.save(nib.Nifti1Image(np.zeros(ref.shape, np.uint8), ref.affine), w / "air_mask.nii.gz")
     (w / "empty").mkdir()
+    (w / "list.txt").write_text(f"{w / 'gone.nii.gz'}\n{ct}\n")  # one listed scan is gone
+    (w / "bad.csv").write_text("name,kind\nx,weird\n")  # a CSV list without a path column
     (w / "afile.txt").write_text("a file, not a folder\n")
     (w / "garbage.pt").write_bytes(b"\x00not a torch checkpoint" * 10)
     (w / "bad.yaml").write_text("name: [unclosed\n  kind: : :\n")

@@ -68,6 +68,7 @@ class Case:
             literally); ``ok``: text stdout must contain literally.
         words: ``error``: words of the problem the line must contain.
         report: ``skipped``: the skip report (``.jsonl`` or a fingerprint ``.json``).
+        skipped: ``skipped``: the names of the sources it must list.
         writes: ``ok``/``skipped``: whether the output folder may change (False for
             ``--dry-run``, ``models``, ``configs``).
         terminal: Run as on a terminal (``FORCE_COLOR=1``: progress bars, colours).
@@ -81,6 +82,7 @@ class Case:
     report: str = ""
     writes: bool = True
     terminal: bool = False
+    skipped: tuple[str, ...] = tuple(ARCHIVE_SKIPPED)
 
     def param(self):
         return pytest.param(self, id=self.id)
@@ -94,8 +96,8 @@ def OK(id, argv, names="", writes=True, terminal=False):  # noqa: N802
     return Case(id, argv, "ok", names, writes=writes, terminal=terminal)
 
 
-def SKIP(id, argv, report):  # noqa: N802
-    return Case(id, argv, "skipped", report=report)
+def SKIP(id, argv, report, skipped=tuple(ARCHIVE_SKIPPED)):  # noqa: N802
+    return Case(id, argv, "skipped", report=report, skipped=tuple(skipped))
 
 
 def _alone(command: str, extra: str, outcome: dict[str, tuple[str, str]]) -> list[Case]:
@@ -116,6 +118,10 @@ CASES = [
     *_alone("preprocess", "-o {O}/s.zarr --workers 1", ROBUSTNESS),
     SKIP("preprocess-archive", "preprocess {R} -o {O}/s.zarr --workers 1",
          "{O}/s.zarr/skipped.jsonl"),
+    SKIP("preprocess-list-with-a-gone-scan", "preprocess {W}/list.txt -o {O}/s.zarr --workers 1",
+         "{O}/s.zarr/skipped.jsonl", ["gone.nii.gz"]),
+    E("preprocess-csv-without-path", "preprocess {W}/bad.csv -o {O}/s.zarr", "{W}/bad.csv",
+      "'path' column"),
     OK("preprocess-dry-run-archive", "preprocess {R} --dry-run", "dicom_no_file_meta.dcm",
        writes=False),
     E("preprocess-mr", "preprocess {S}/mr/example_mr_sm.nii.gz -o {O}/s.zarr --workers 1",
@@ -169,6 +175,7 @@ CASES = [
     E("fingerprint-empty-folder", "fingerprint {W}/empty", "{W}/empty", "no scans found"),
     E("fingerprint-garbage", "fingerprint {W}/garbage.nii.gz --workers 1",
       "{W}/garbage.nii.gz"),
+    E("fingerprint-csv-without-path", "fingerprint {W}/bad.csv", "{W}/bad.csv", "'path' column"),
     E("fingerprint-samples-0", "fingerprint {S}/ct --samples-per-scan 0", "--samples-per-scan"),
     OK("fingerprint-markup-terminal", "fingerprint {S}/ct/example_ct_sm.nii.gz {W}/a[/b].nii.gz "
        "--workers 1", "{W}/a[/b].nii.gz: cannot read NIfTI", terminal=True),
@@ -187,6 +194,8 @@ CASES = [
       "{S}/mr/example_mr_sm.nii.gz", "pass --allow-non-ct"),
     OK("embed-mr-allowed", f"embed {{S}}/mr/example_mr_sm.nii.gz -o {{O}}/e {EMB} --allow-non-ct"),
     E("embed-garbage", f"embed {{W}}/garbage.nii.gz -o {{O}}/e {EMB}", "{W}/garbage.nii.gz"),
+    SKIP("embed-list-with-a-gone-scan", f"embed {{W}}/list.txt -o {{O}}/e {EMB}",
+         "{O}/e/skipped.jsonl", ["gone.nii.gz"]),
     E("embed-missing", f"embed {{W}}/nope.nii.gz -o {{O}}/e {EMB}", "{W}/nope.nii.gz"),
     E("embed-empty-folder", f"embed {{W}}/empty -o {{O}}/e {EMB}", "{W}/empty"),
     E("embed-model-truncated", "embed {S}/ct/example_ct_sm.nii.gz -o {O}/e -m {W}/models/trunc",
@@ -323,7 +332,7 @@ def check_contract(case: Case, rc: int, out: str, err: str, fill, before, after)
         return
     rows = _skip_rows(Path(fill(case.report)))
     reported = [r["path"] for r in rows]
-    for name in ARCHIVE_SKIPPED:
+    for name in case.skipped:
         assert any(Path(p.split(" (DICOM series")[0]).name == name for p in reported), (
             name, reported)
     for row in rows:  # one wording: the reason is the problem, the path is separate
