@@ -32,6 +32,16 @@ from tapct_app.cli import main
 
 NANO = "-m {W}/models/nano --device cpu"  # the tiny model (tap_nano_3d, random weights)
 EMB = "--no-pca " + NANO
+# A pretraining run of seconds on the CPU: tap_nano_3d, small crops and heads, 1 iteration.
+TINY_PRETRAIN = " ".join(
+    f"--set {s}" for s in (
+        "data.slab_depth=4", "data.in_plane_size=[40,40]", "data.num_workers=0",
+        "crops.global_crops_size=[4,32,32]", "crops.local_crops_size=[4,16,16]",
+        "crops.local_crops_number=2", "objective.dino_head_n_prototypes=64",
+        "objective.dino_head_hidden_dim=32", "objective.dino_head_bottleneck_dim=16",
+        "objective.ibot_head_n_prototypes=64", "objective.ibot_head_hidden_dim=32",
+        "objective.ibot_head_bottleneck_dim=16", "log_every=1")
+) + " --config demo --preset tap_nano_3d --iterations 1 --batch-size 2 --device cpu"
 
 # The robustness files alone: what reading each one gives (README of shared/data).
 ROBUSTNESS = {
@@ -225,6 +235,8 @@ CASES = [
     E("embed-device", "embed {S}/ct/example_ct_sm.nii.gz -o {O}/e -m {W}/models/nano "
       "--device tpu", "--device"),
     # ------------------------------------------------------------------ pretrain
+    OK("pretrain-markup-output", f"pretrain --data {{S}}/ct/example_ct_sm.nii.gz "
+       f"-o {{O}}/run[/b][ct] {TINY_PRETRAIN}", "{O}/run[/b][ct]/model/"),
     E("pretrain-data-missing", "pretrain --data {W}/nope.nii.gz -o {O}/run", "{W}/nope.nii.gz"),
     E("pretrain-data-garbage", "pretrain --config demo --preset tap_nano_3d --data "
       "{W}/garbage.nii.gz -o {O}/run --device cpu", "{W}/garbage.nii.gz", "no scan could be read"),

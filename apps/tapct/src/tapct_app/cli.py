@@ -56,11 +56,12 @@ def _console():
     """THE console of every command: user text (paths, names) is printed literally.
 
     Markup is off, so a path such as ``out[ct].zarr`` or ``a[/b]`` is shown as typed (no
-    ``MarkupError``, nothing swallowed); commands colour whole lines with ``style=``.
+    ``MarkupError``, nothing swallowed); commands colour whole lines with ``style=``. Soft
+    wrap: a long line is never broken inside a path (logs and pipes keep it whole).
     """
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False, markup=False)
+    return Console(stderr=False, highlight=False, markup=False, soft_wrap=True)
 
 
 def _runtime_policy() -> None:
