@@ -70,7 +70,7 @@ def benchmark_command(
             f"{task_file}: roi_size {task.roi_size} is not a multiple of the model's patch "
             f"size {patch}"
         )
-    output = output or Path("runs/benchmark") / task.name
+    output = check_output(output or Path("runs/benchmark") / task.name, "folder")
     loaders = ScanLoaders(model_normalize(model, intensity_stats), allow_non_ct=allow_non_ct)
     model_name = Path(model).name if Path(model).exists() else str(model)
     with atomic_output_dir(output) as tmp:
