@@ -237,6 +237,9 @@ CASES = [
     # ------------------------------------------------------------------ pretrain
     OK("pretrain-markup-output", f"pretrain --data {{S}}/ct/example_ct_sm.nii.gz "
        f"-o {{O}}/run[/b][ct] {TINY_PRETRAIN}", "{O}/run[/b][ct]/model/"),
+    E("pretrain-data-mr", "pretrain --config demo --preset tap_nano_3d --device cpu --data "
+      "{S}/mr/example_mr_sm.nii.gz -o {O}/run", "{S}/mr/example_mr_sm.nii.gz",
+      "tapct preprocess --allow-non-ct"),
     E("pretrain-data-missing", "pretrain --data {W}/nope.nii.gz -o {O}/run", "{W}/nope.nii.gz"),
     E("pretrain-data-garbage", "pretrain --config demo --preset tap_nano_3d --data "
       "{W}/garbage.nii.gz -o {O}/run --device cpu", "{W}/garbage.nii.gz", "no scan could be read"),

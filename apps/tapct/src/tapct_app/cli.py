@@ -522,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             raise
-        print(f"tapct: error: {with_hint(one_line(exc))}", file=sys.stderr)
+        command = next((a for a in args if not a.startswith("-")), None)
+        print(f"tapct: error: {with_hint(one_line(exc), command)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("tapct: interrupted", file=sys.stderr)
