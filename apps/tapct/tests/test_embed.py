@@ -60,9 +60,9 @@ def _count_reads(monkeypatch) -> list[str]:
     reads: list[str] = []
     real = embed._read_source
 
-    def counting(source, in_plane):
+    def counting(source, in_plane, **kwargs):
         reads.append(source.name)
-        return real(source, in_plane)
+        return real(source, in_plane, **kwargs)
 
     monkeypatch.setattr(embed, "_read_source", counting)
     return reads

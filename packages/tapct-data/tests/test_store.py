@@ -89,16 +89,16 @@ def test_skip_report_rerun_retries_and_stop(tmp_path, shared_data):
     sources = [*_scans(tmp_path)[:2], _bad(tmp_path)]
     mha = shared_data / "robustness/image_2d.mha"
     sources.append(ScanSource(name="flat", path=mha, kind="itk"))
-    walked = Skipped(path="x/trunc.dcm", reason="x/trunc.dcm: truncated pixel data")
+    walked = Skipped(path="x/trunc.dcm", reason="truncated pixel data")
     report = build_zarr_store(InputListing(tuple(sources), (walked,)), tmp_path / "s.zarr")
     assert report.written == ("scan0", "scan1")
     rows = [json.loads(line) for line in report.skipped_file.read_text().splitlines()]
     assert [r["path"] for r in rows] == ["x/trunc.dcm", str(mha), str(sources[2])]
-    assert rows[1]["reason"].startswith(str(mha)) and "2D image" in rows[1]["reason"]
+    assert rows[1]["reason"].startswith("2D image")  # the reason, without the path
     for row, source in zip(rows[1:], (sources[3], sources[2]), strict=True):
         with pytest.raises(ValueError) as err:  # the reader's own one-line error
             read_scan(source)
-        assert row["reason"] == " ".join(str(err.value).split())
+        assert f"{row['path']}: {row['reason']}" == " ".join(str(err.value).split())
     assert ZarrVolumeStore(report.path).skipped == report.skipped
     # A rerun retries the skipped sources and rewrites the report.
     write_volume(make_phantom((4, 16, 16))[0], sources[2].path)
@@ -197,7 +197,7 @@ def test_a_reader_process_that_dies_skips_its_scan_not_the_build(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     written, reasons = json.loads(run.stdout.strip().splitlines()[-1])
     assert sorted(written) == ["scan0", "scan2", "scan3"]
-    assert reasons == [f"{sources[1]}: the reader process died (signal 9, e.g. out of memory)"]
+    assert reasons == ["the reader process died (signal 9, e.g. out of memory)"]
     rows = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
     assert rows == [{"path": str(sources[1]), "reason": reasons[0]}]
     snapshot, want = _snapshot(out), _snapshot(reference)

@@ -48,6 +48,7 @@ def benchmark_command(
     device: str,
     console: Any,
     intensity_stats: Path | None = None,
+    allow_non_ct: bool = False,
 ) -> Any:
     """Run a benchmark task file for one model; write results.json/.csv and figures.
 
@@ -60,6 +61,7 @@ def benchmark_command(
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         console: A rich console.
         intensity_stats: ``--intensity-stats`` JSON overriding the model's statistics.
+        allow_non_ct: ``--allow-non-ct``: read non-HU images anyway.
 
     Returns:
         The ``tapct_eval.BenchmarkResults``.
@@ -75,10 +77,12 @@ def benchmark_command(
     from tapct_app.devices import resolve_device
     from tapct_app.intensity import model_normalize
     from tapct_app.models import load_backbone
-    from tapct_app.outputs import atomic_output_dir
+    from tapct_app.outputs import atomic_output_dir, check_output
     from tapct_app.progress import CommandProgress
     from tapct_app.readers import ScanLoaders
 
+    if output is not None:
+        check_output(output, "folder")
     if not task_file.is_file():
         raise UserError(f"{task_file}: no such task file")
     if not seeds:
@@ -97,8 +101,8 @@ def benchmark_command(
             f"{task_file}: roi_size {task.roi_size} is not a multiple of the model's patch "
             f"size {patch}"
         )
-    output = output or Path("runs/benchmark") / task.name
-    loaders = ScanLoaders(model_normalize(model, intensity_stats))
+    output = check_output(output or Path("runs/benchmark") / task.name, "folder")
+    loaders = ScanLoaders(model_normalize(model, intensity_stats), allow_non_ct=allow_non_ct)
     model_name = Path(model).name if Path(model).exists() else str(model)
     # One step of progress: the features of one case, or one optimizer step of a head.
     with (

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tapct_app.errors import EXIT_USER_ERROR, UserError, one_line
+from tapct_app.errors import EXIT_USER_ERROR, UserError, one_line, with_hint
 
 __all__ = ["app", "main"]
 
@@ -141,12 +141,17 @@ def _root(
 
 
 def _console():
+    """THE console of every command: user text (paths, names) is printed literally.
+
+    Markup is off, so a path such as ``out[ct].zarr`` or ``a[/b]`` is shown as typed (no
+    ``MarkupError``, nothing swallowed); commands colour whole lines with ``style=``. Soft
+    wrap: a long line is never broken inside a path (logs and pipes keep it whole).
+    """
     from rich.console import Console
 
-    console = Console(stderr=False, highlight=False)
-    # In a log file or a pipe, lines are written whole: never wrapped or cut at 80 columns.
-    console.soft_wrap = not console.is_terminal
-    return console
+    # Markup off: user paths print literally ("out[ct].zarr", "[/b]"). Lines are never
+    # wrapped or cut by rich (a path is never split, a log line is whole).
+    return Console(stderr=False, highlight=False, markup=False, soft_wrap=True)
 
 
 def _runtime_policy() -> None:
@@ -157,7 +162,8 @@ def _runtime_policy() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"tapct: warning: {one_line(message)}", file=file or sys.stderr)
+        text = one_line(message).replace("(allow_non_ct=True)", "(--allow-non-ct)")
+        print(f"tapct: warning: {text}", file=file or sys.stderr)
 
     if not _STATE["debug"]:
         warnings.showwarning = show
@@ -186,6 +192,15 @@ _INTENSITY_HELP = (
     "lower/upper/mean/std)."
 )
 _MODEL_INTENSITY_HELP = _INTENSITY_HELP + " Default: the statistics recorded with the model."
+
+#: ``--allow-non-ct`` of every command that reads scans (``tapct_data.read_volume``'s switch).
+_AllowNonCT = Annotated[
+    bool,
+    typer.Option(
+        "--allow-non-ct",
+        help="Read volumes that do not look like CT in HU (MR, ...) anyway, with a warning.",
+    ),
+]
 
 #: ``--include`` / ``--exclude`` of every command that takes scans (``tapct_data.expand_inputs``).
 _Include = Annotated[
@@ -379,6 +394,7 @@ def embed(
     intensity_stats: Annotated[Path | None, typer.Option(help=_MODEL_INTENSITY_HELP)] = None,
     include: _Include = None,
     exclude: _Exclude = None,
+    allow_non_ct: _AllowNonCT = False,
 ) -> None:
     """Embed scans: dense patch features (E, t, h, w) and window cls tokens, plus a PCA picture.
 
@@ -404,6 +420,7 @@ def embed(
         intensity_stats=intensity_stats,
         include=include or (),
         exclude=exclude or (),
+        allow_non_ct=allow_non_ct,
     )
 
 
@@ -439,6 +456,7 @@ def benchmark(
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds (paper: 0,1,2).")] = "0,1,2",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     intensity_stats: Annotated[Path | None, typer.Option(help=_MODEL_INTENSITY_HELP)] = None,
+    allow_non_ct: _AllowNonCT = False,
 ) -> None:
     """Frozen-feature benchmark of six kinds (segmentation, classification, regression,
     survival, retrieval, localisation): tables, JSON/CSV, figures."""
@@ -451,7 +469,7 @@ def benchmark(
         raise UserError(f"--seeds {seeds!r}: expected comma-separated integers") from None
     benchmark_command(
         task_file, model, output, seed_list, device, console=_console(),
-        intensity_stats=intensity_stats,
+        intensity_stats=intensity_stats, allow_non_ct=allow_non_ct,
     )
 
 
@@ -487,6 +505,7 @@ def preprocess(
     ] = None,
     include: _Include = None,
     exclude: _Exclude = None,
+    allow_non_ct: _AllowNonCT = False,
 ) -> None:
     """Convert scans into a chunked zarr store for pretraining (parallel, resumable).
 
@@ -508,6 +527,7 @@ def preprocess(
         list_file=list_file,
         include=include or (),
         exclude=exclude or (),
+        allow_non_ct=allow_non_ct,
     )
 
 
@@ -532,6 +552,7 @@ def fingerprint(
     seed: Annotated[int, typer.Option(help="Seed of the voxel sampling.")] = 0,
     include: _Include = None,
     exclude: _Exclude = None,
+    allow_non_ct: _AllowNonCT = False,
 ) -> None:
     """Dataset fingerprint (nnU-Net style): body-foreground clip window, mean, std; spacings."""
     _runtime_policy()
@@ -547,6 +568,7 @@ def fingerprint(
         seed=seed,
         include=include or (),
         exclude=exclude or (),
+        allow_non_ct=allow_non_ct,
     )
 
 
@@ -589,6 +611,7 @@ def retrieve(
     roi: Annotated[str | None, typer.Option(help="Sliding-window size D,H,W.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     intensity_stats: Annotated[Path | None, typer.Option(help=_MODEL_INTENSITY_HELP)] = None,
+    allow_non_ct: _AllowNonCT = False,
 ) -> None:
     """Patch retrieval (paper section 4.4): find a lesion of one scan in a follow-up scan."""
     _runtime_policy()
@@ -606,6 +629,7 @@ def retrieve(
         device=device,
         console=_console(),
         intensity_stats=intensity_stats,
+        allow_non_ct=allow_non_ct,
     )
 
 
@@ -625,16 +649,20 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             raise
-        print(f"tapct: error: {one_line(exc)}", file=sys.stderr)
+        command = next((a for a in args if not a.startswith("-")), None)
+        print(f"tapct: error: {with_hint(one_line(exc), command)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt as exc:  # pretrain says where it stopped and how to resume
         print(f"tapct: {one_line(exc) if str(exc) else 'interrupted'}", file=sys.stderr)
         return 130
     except Exception as exc:
-        # Typer's (vendored) click usage errors: show the usage line, as click would.
-        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if show is not None and isinstance(exit_code, int):
-            show()
+        # Typer's (vendored) click usage errors (a bad or missing option): the same one
+        # line as every user error, with where to find the usage.
+        message, exit_code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
+        if message is not None and isinstance(exit_code, int):
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "tapct"
+            print(f"tapct: error: {one_line(message())} (see {where} --help)", file=sys.stderr)
             return exit_code
         if type(exc).__name__ == "Abort":
             print("tapct: aborted", file=sys.stderr)

@@ -22,6 +22,7 @@ from tapct_app.errors import UserError
 
 __all__ = [
     "apply_overrides",
+    "check_value_types",
     "config_to_dict",
     "list_shipped_configs",
     "load_config",
@@ -173,11 +174,63 @@ def structure(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
         if _is_attrs_type(tp):
             kwargs[name] = structure(tp, value or {}, f"{where}.{name}")
         else:
+            _check_scalar(tp, value, f"{where}.{name}")
             kwargs[name] = value
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise UserError(f"{where}: {_one_line(exc)}") from exc
+
+
+_SCALARS: dict[type, tuple[str, tuple[type, ...]]] = {
+    bool: ("true or false", (bool,)),
+    int: ("an integer", (int,)),  # bool is an int (a switch such as grad_checkpointing)
+    float: ("a number", (int, float)),
+}
+
+
+def _check_scalar(tp: Any, value: Any, where: str) -> None:
+    """Refuse a value of the wrong kind for a numeric field (``int``, ``float``, ``bool``,
+    or one of them ``| None``) with a message naming the key and the value.
+
+    Other annotations (tuples, mappings, literals) are left to the class's converters and
+    validators.
+
+    Raises:
+        UserError: ``"<where>: expected an integer, got 'abc'"``.
+    """
+    args = typing.get_args(tp)
+    optional = type(None) in args
+    kinds = [a for a in args if a is not type(None)] if args else [tp]
+    if len(kinds) != 1 or kinds[0] not in _SCALARS or (optional and value is None):
+        return
+    kind = kinds[0]
+    what, accepted = _SCALARS[kind]
+    if not isinstance(value, accepted):
+        raise UserError(f"{where}: expected {what}, got {value!r}")
+
+
+def check_value_types(cls: type, data: Mapping[str, Any], where: str) -> None:
+    """Check the numeric values of a raw mapping against an attrs class's field types.
+
+    For the sections passed whole to a library config (``optim``, ``objective``): a value
+    such as ``--set optim.base_lr=abc`` is refused naming the key, before the library's
+    own validators compare it with a number.
+
+    Args:
+        cls: The attrs class the mapping is for (e.g. ``tapct_ssl.OptimConfig``).
+        data: The section.
+        where: A label for the message (``"config section 'optim'"``).
+
+    Raises:
+        UserError: ``"<where>.<key>: expected a number, got 'abc'"``.
+    """
+    if not attrs.has(cls):
+        return
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key in hints:
+            _check_scalar(hints[key], value, f"{where}.{key}")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

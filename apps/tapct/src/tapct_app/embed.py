@@ -26,6 +26,7 @@ window settings, the precision and the intensity normalisation it was made with.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ from typing import Any
 
 import attrs
 import numpy as np
-from tapct_data import AIR_HU, ScanSource
+from tapct_data import AIR_HU, ScanSource, skip_reason
 from tapct_data.faults import fault_point
 
 from tapct_app.errors import UserError, one_line, user_errors_from
@@ -122,7 +123,9 @@ def _list_sources(
     return list_inputs(inputs, include=include, exclude=exclude)
 
 
-def _read_source(source: ScanSource, in_plane: tuple[int, int] | None) -> _Scan | str:
+def _read_source(
+    source: ScanSource, in_plane: tuple[int, int] | None, allow_non_ct: bool = False
+) -> _Scan | str:
     """Read one scan in HU (in a worker); a scan the user can fix gives its one-line reason.
 
     Module level, so a process pool can pickle it.
@@ -135,7 +138,7 @@ def _read_source(source: ScanSource, in_plane: tuple[int, int] | None) -> _Scan 
     volume: Any
     try:
         with user_errors_from(str(source)):
-            volume = read_scan(source)
+            volume = read_scan(source, allow_non_ct=allow_non_ct)
         if in_plane is not None:
             from tapct_data import resize_for_eval
 
@@ -148,14 +151,6 @@ def _read_source(source: ScanSource, in_plane: tuple[int, int] | None) -> _Scan 
         spacing=tuple(float(s) for s in volume.spacing),  # type: ignore[arg-type]
         affine=np.asarray(volume.affine, dtype=float).tolist(),
     )
-
-
-def _reason(message: str, source: ScanSource) -> str:
-    """``"<source>: <problem>"`` -> ``"<problem>"`` for ``skipped.jsonl``."""
-    for prefix in (f"{source}: ", f"{source.path}: "):
-        if message.startswith(prefix):
-            return message[len(prefix) :]
-    return message
 
 
 def _executor(workers: int) -> Executor:
@@ -243,16 +238,6 @@ def _settings_id(settings: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- the folder
-
-
-def _check_output(output: Path) -> None:
-    """Refuse an ``-o`` that exists and is not a folder.
-
-    Raises:
-        UserError: ``-o`` is an existing file.
-    """
-    if output.exists() and not output.is_dir():
-        raise UserError(f"{output}: exists and is not a folder (-o needs a folder)")
 
 
 def _prepare_output(output: Path) -> bool:
@@ -381,6 +366,7 @@ def embed_command(
     intensity_stats: Path | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    allow_non_ct: bool = False,
 ) -> EmbedReport:
     """Run ``tapct embed`` (see the module docstring).
 
@@ -402,6 +388,7 @@ def embed_command(
         intensity_stats: ``--intensity-stats`` JSON overriding the model's statistics.
         include: ``--include`` glob patterns (only matching files are embedded).
         exclude: ``--exclude`` glob patterns (matching files are left out).
+        allow_non_ct: ``--allow-non-ct``: embed MR and other non-HU volumes anyway.
 
     Returns:
         The :class:`EmbedReport` (its :meth:`~EmbedReport.summary` is printed).
@@ -427,7 +414,9 @@ def embed_command(
         raise UserError(f"--workers {workers}: must be at least 1")
     if sw_batch_size < 1:
         raise UserError(f"--sw-batch-size {sw_batch_size}: must be at least 1")
-    _check_output(output)
+    from tapct_app.outputs import check_output
+
+    check_output(output, "folder")
     listing = _list_sources(inputs, include, exclude)
     sources: list[ScanSource] = list(listing.scans)
     walk_skipped = [(s.path, s.reason) for s in listing.skipped]  # found by the walk
@@ -482,12 +471,15 @@ def embed_command(
     for path, reason in walk_skipped:
         console.print(f"{path}: skipped: {reason}", markup=False, highlight=False, soft_wrap=True)
     try:
-        for source, scan in _read_ahead(todo, in_plane, workers, _read_source):
+        for source, scan in _read_ahead(
+            todo, in_plane, workers, functools.partial(_read_source, allow_non_ct=allow_non_ct)
+        ):
             if isinstance(scan, str):
                 if on_error == "stop":
                     raise UserError(scan)
-                skipped.append((str(source), _reason(scan, source)))
-                progress.advance(f"{source}: skipped: {_reason(scan, source)}")
+                reason = skip_reason(source, scan)
+                skipped.append((str(source), reason))
+                progress.advance(f"{source}: skipped: {reason}")
                 continue
             hu = torch.from_numpy(scan.hu)  # (1, D, H, W) HU
             x = normalize(hu).float()

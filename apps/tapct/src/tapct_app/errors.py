@@ -14,7 +14,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["EXIT_USER_ERROR", "UserError", "call_with_user_errors", "one_line", "user_errors_from"]
+__all__ = [
+    "EXIT_USER_ERROR",
+    "UserError",
+    "call_with_user_errors",
+    "one_line",
+    "user_errors_from",
+    "with_hint",
+]
 
 EXIT_USER_ERROR = 2
 
@@ -45,6 +52,36 @@ def one_line(message: object) -> str:
     if not text and isinstance(message, BaseException):
         text = type(message).__name__
     return text
+
+
+# The words of tapct_data's NotCTError for a volume that is not CT in HU (io._check_ct);
+# a label map (LabelMapError) gets no hint: --exclude is its remedy, not reading it as CT.
+_NOT_CT_WORDS = ("not 'CT'", "values look far from HU")
+NOT_CT_HINT = "pass --allow-non-ct to read it anyway"
+_NOT_CT_HINT_PRETRAIN = (
+    "to pretrain on it anyway: tapct preprocess --allow-non-ct, then --data STORE"
+)
+
+
+def with_hint(message: str, command: str | None = None) -> str:
+    """Add the CLI switch that lifts an error to its one-line message, where there is one.
+
+    A scan refused as not CT (``tapct_data.NotCTError``: a Modality other than CT, values
+    far from HU) gets ``"; pass --allow-non-ct to read it anyway"`` (``pretrain``, which has
+    no such switch: how to store it with ``preprocess --allow-non-ct``); the library's own
+    switch (``allow_non_ct=True``) is never shown to a CLI user.
+
+    Args:
+        message: The error line (without ``tapct: error:``).
+        command: The ``tapct`` command that failed, if known.
+
+    Returns:
+        The line, with the hint when it applies.
+    """
+    hint = _NOT_CT_HINT_PRETRAIN if command == "pretrain" else NOT_CT_HINT
+    if any(w in message for w in _NOT_CT_WORDS) and hint not in message:
+        return f"{message}; {hint}"
+    return message
 
 
 # Exceptions that readers raise for bad input files (pydicom's InvalidDicomError is a

@@ -14,6 +14,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safetensors import SafetensorError
+
 from tapct_app.errors import UserError, one_line
 
 if TYPE_CHECKING:
@@ -21,7 +23,9 @@ if TYPE_CHECKING:
 
 __all__ = ["check_init_source", "init_backbone", "init_pretraining", "load_backbone"]
 
-_LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, TypeError)
+# SafetensorError: a truncated or garbage model.safetensors (header or data shorter than
+# it says).
+_LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError)
 
 
 def load_backbone(spec: str, device: Any = "cpu") -> tuple[VisionTransformer3d, dict[str, Any]]:

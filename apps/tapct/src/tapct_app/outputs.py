@@ -1,4 +1,10 @@
-"""Outputs that appear whole or not at all: a temp dir beside the target, renamed on success."""
+"""Command outputs: checked before any work, then written whole or not at all.
+
+:func:`check_output` is THE guard every command that writes runs on its ``-o`` (and other
+output paths) before reading anything: a folder expected where a file is (or the reverse)
+ends with one line. :func:`atomic_output_dir` and :func:`atomic_write_bytes` write through
+a temporary beside the target, renamed on success.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,46 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
-__all__ = ["atomic_output_dir", "atomic_write_bytes"]
+from tapct_app.errors import UserError
+
+__all__ = ["atomic_output_dir", "atomic_write_bytes", "check_output"]
+
+
+def check_output(
+    path: str | Path, kind: Literal["folder", "file"], option: str = "-o"
+) -> Path:
+    """Refuse an output path that cannot become what the command writes; nothing is touched.
+
+    Run before any work, so a wrong ``-o`` costs nothing and leaves nothing behind.
+
+    Args:
+        path: The output the user named.
+        kind: ``"folder"`` (a run, store or results folder) or ``"file"`` (a JSON or CSV).
+        option: The option's name, for the message (``-o``, ``--list-file``).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        UserError: ``"<path>: exists and is not a folder (-o needs a folder)"``, ``"<path>:
+            is a folder (-o needs a file name, e.g. <path>/stats.json)"``, or ``"<path>:
+            <ancestor> is a file, not a folder"`` when a parent cannot be created.
+    """
+    path = Path(path)
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise UserError(f"{path}: exists and is not a folder ({option} needs a folder)")
+    if kind == "file" and path.is_dir():
+        raise UserError(
+            f"{path}: is a folder ({option} needs a file name, e.g. {path / 'out.json'})"
+        )
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{path}: {parent} is a file, not a folder")
+            break
+    return path
 
 
 @contextmanager

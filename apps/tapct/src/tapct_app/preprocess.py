@@ -40,6 +40,7 @@ def preprocess_command(
     list_file: Path | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    allow_non_ct: bool = False,
 ) -> Any:
     """Convert scans into one chunked zarr store (``tapct_data.build_zarr_store``).
 
@@ -66,6 +67,7 @@ def preprocess_command(
             files are read.
         exclude: ``--exclude`` glob patterns: matching files are left out (e.g.
             ``segmentations/*`` of TotalSegmentator, ``labelsTr/*`` of nnU-Net).
+        allow_non_ct: ``--allow-non-ct``: store MR and other non-HU volumes anyway.
 
     Returns:
         The ``tapct_data.StoreReport``, or the ``InputListing`` with ``dry_run``.
@@ -76,10 +78,15 @@ def preprocess_command(
     """
     from tapct_data import expand_inputs, format_listing, write_listing
 
+    from tapct_app.outputs import check_output
     from tapct_app.scans import check_inputs_exist
     from tapct_app.train.data import build_store, store_summary
 
     check_inputs_exist(inputs)
+    if output is not None and not dry_run:
+        check_output(output, "folder")
+    if list_file is not None and dry_run:
+        check_output(list_file, "file", "--list-file")
     with user_errors_from(inputs[0] if len(inputs) == 1 else "inputs"):
         listing = expand_inputs(inputs, include=include, exclude=exclude)
     if dry_run:
@@ -109,6 +116,7 @@ def preprocess_command(
             shard=parse_shard(shard),
             progress=progress,
             listing=listing,
+            allow_non_ct=allow_non_ct,
         )
     console.print(store_summary(report), markup=False, highlight=False, soft_wrap=True)
     return report
@@ -135,6 +143,7 @@ def fingerprint_command(
     seed: int = 0,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    allow_non_ct: bool = False,
 ) -> Any:
     """Compute the dataset fingerprint (``tapct_data.compute_fingerprint``) of the inputs.
 
@@ -155,6 +164,7 @@ def fingerprint_command(
         seed: Seed of the sampling.
         include: ``--include`` glob patterns (only matching files are read).
         exclude: ``--exclude`` glob patterns (matching files are left out).
+        allow_non_ct: ``--allow-non-ct``: include MR and other non-HU volumes.
 
     Returns:
         The ``tapct_data.Fingerprint``.
@@ -163,13 +173,17 @@ def fingerprint_command(
         UserError: A missing input, a bad option, no foreground in any scan, or (with
             ``stop``) the first bad scan.
     """
-    import attrs
-    from rich.markup import escape
-    from tapct_data import compute_fingerprint, expand_inputs
+    import functools
 
-    from tapct_app.scans import check_inputs_exist
+    import attrs
+    from tapct_data import compute_fingerprint, read_scan
+
+    from tapct_app.outputs import check_output
+    from tapct_app.scans import check_inputs_exist, list_inputs
 
     check_inputs_exist(inputs)
+    if output is not None:
+        check_output(output, "file")
     if on_error not in ("skip", "stop"):
         raise UserError(f"--on-error {on_error!r}: expected skip or stop")
     n_workers = default_workers() if workers is None else workers
@@ -177,16 +191,10 @@ def fingerprint_command(
         raise UserError(f"--workers {n_workers}: must be >= 1")
     if samples_per_scan < 1:
         raise UserError(f"--samples-per-scan {samples_per_scan}: must be >= 1")
-    try:
-        listing = expand_inputs(inputs, include=include, exclude=exclude)
-    except ValueError as exc:
-        raise UserError(one_line(exc)) from exc
+    listing = list_inputs(inputs, include=include, exclude=exclude)
     if on_error == "stop" and listing.skipped:
         bad = listing.skipped[0]
         raise UserError(f"{bad.path}: {bad.reason}")
-    if not listing.scans:
-        why = f" (first: {listing.skipped[0].reason})" if listing.skipped else ""
-        raise UserError(f"no scans found in the inputs{why}")
     from tapct_app.progress import CommandProgress
 
     try:
@@ -197,6 +205,7 @@ def fingerprint_command(
                 seed=seed,
                 workers=n_workers,
                 on_error=on_error,
+                reader=functools.partial(read_scan, allow_non_ct=True) if allow_non_ct else None,
                 progress=progress,
             )
     except ValueError as exc:
@@ -212,10 +221,13 @@ def fingerprint_command(
         markup=False,
         soft_wrap=True,
     )
-    if fp.skipped:  # user paths: escaped, never read as markup
-        first = escape(fp.skipped[0].reason)
+    if fp.skipped:  # user paths: printed literally, never read as markup
+        first = fp.skipped[0]
         console.print(
-            f"[yellow]{len(fp.skipped)} scan(s) skipped[/] (first: {first})", soft_wrap=True
+            f"{len(fp.skipped)} scan(s) skipped (first: {first.path}: {first.reason})",
+            style="yellow",
+            markup=False,
+            soft_wrap=True,
         )
     if output is not None:
         fp.save_json(output)

@@ -229,9 +229,19 @@ def pretrain_command(
     cfg = resolve_pretrain_config(
         config, data, preset, iterations, batch_size, seed, device, overrides, intensity_stats
     )
+    from tapct_app.train.distributed import resolve_device
+
+    try:
+        resolve_device(cfg.device)  # a bad --device fails before any work
+    except ValueError as exc:
+        raise UserError(f"--device {cfg.device!r}: {exc}") from exc
     demo = not cfg.data.sources
     if output is None:
         output = DEMO_OUTPUT if demo else DEFAULT_OUTPUT
+    from tapct_app.outputs import check_output
+
+    check_output(output, "folder")
+
     requested_init = cfg.model.init
     if requested_init is not None:
         from tapct_app.models import check_init_source
@@ -251,7 +261,7 @@ def pretrain_command(
     created = _first_missing(output)  # removed again if the run fails before a checkpoint
     if demo:
         console.print(
-            f"[bold]tapct pretrain[/]: built-in demo on CT phantoms ({cfg.model.name}, "
+            f"tapct pretrain: built-in demo on CT phantoms ({cfg.model.name}, "
             f"{cfg.train.iterations} iterations, batch {cfg.train.batch_size}, "
             f"crops {cfg.crops.global_crops_size}/{cfg.crops.local_crops_size}) -> {output}/"
         )
@@ -305,12 +315,13 @@ def export_command(checkpoint: Path, output: Path, which: str, console: Any) -> 
         UserError: If the checkpoint is missing or unreadable, or ``which`` is unknown.
     """
     from tapct_app.intensity import model_metadata
-    from tapct_app.outputs import atomic_output_dir
+    from tapct_app.outputs import atomic_output_dir, check_output
     from tapct_app.train.build import build_backbone
     from tapct_app.train.checkpoint import latest_checkpoint, load_checkpoint
 
     if which not in ("teacher", "student"):
         raise UserError(f"--which {which!r}: expected teacher or student")
+    check_output(output, "folder")
     path = checkpoint
     if checkpoint.is_dir():
         found = latest_checkpoint(checkpoint / "checkpoints") or latest_checkpoint(checkpoint)

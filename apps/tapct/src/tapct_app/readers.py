@@ -27,13 +27,17 @@ class ScanLoaders:
     pairs a label with an image (``benchmark``, ``retrieve``). Read errors become one-line
     :class:`~tapct_app.errors.UserError`.
     The last image volume is cached so that a label read right after its image does not
-    read the image twice.
+    read the image twice. ``allow_non_ct`` (``--allow-non-ct``) reads non-HU images
+    anyway (``tapct_data.read_volume``'s switch).
     """
 
-    def __init__(self, normalize: NormalizeConfig | None = None) -> None:
+    def __init__(
+        self, normalize: NormalizeConfig | None = None, allow_non_ct: bool = False
+    ) -> None:
         from tapct_data import ClipNormalize
 
         self.normalize = ClipNormalize(normalize)
+        self.allow_non_ct = allow_non_ct
         self._last: tuple[str, Any] | None = None
 
     def volume(self, path: str | Path) -> Any:
@@ -43,7 +47,7 @@ class ScanLoaders:
         key = str(Path(path).resolve())
         if self._last is None or self._last[0] != key:
             with user_errors_from(path):
-                self._last = (key, read_volume(path))
+                self._last = (key, read_volume(path, allow_non_ct=self.allow_non_ct))
         return self._last[1]
 
     def load_image(self, path: str | Path) -> Any:

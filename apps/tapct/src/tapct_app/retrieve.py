@@ -44,11 +44,13 @@ def retrieve_command(
     device: str,
     console: Any,
     intensity_stats: Path | None = None,
+    allow_non_ct: bool = False,
 ) -> None:
     """Average the lesion's patch embeddings in one scan and rank the follow-up's patches.
 
     Writes ``retrieval.json`` (top-k patch positions, their voxel boxes and cosine
     scores), ``similarity.safetensors`` (the ``(t, h, w)`` map) and ``retrieval.png``.
+    ``allow_non_ct`` (``--allow-non-ct``) reads non-HU scans anyway.
 
     Raises:
         UserError: Missing or unreadable inputs, an empty mask, a bad ``--roi``.
@@ -64,11 +66,12 @@ def retrieve_command(
     from tapct_app.devices import resolve_device
     from tapct_app.intensity import model_normalize
     from tapct_app.models import load_backbone
-    from tapct_app.outputs import atomic_output_dir
+    from tapct_app.outputs import atomic_output_dir, check_output
     from tapct_app.readers import ScanLoaders
     from tapct_app.scans import check_inputs_exist
 
     check_inputs_exist([query_scan, query_mask, target_scan])
+    check_output(output, "folder")
     if top_k < 1:
         raise UserError(f"--top-k {top_k}: must be >= 1")
     try:
@@ -80,7 +83,7 @@ def retrieve_command(
     roi_size = tuple(roi) if roi is not None else tuple(int(s) for s in backbone.img_size)
     if any(r % p for r, p in zip(roi_size, patch, strict=True)):
         raise UserError(f"--roi {roi_size}: each axis must be a multiple of the patch size {patch}")
-    loaders = ScanLoaders(model_normalize(model, intensity_stats))
+    loaders = ScanLoaders(model_normalize(model, intensity_stats), allow_non_ct=allow_non_ct)
     q_img = loaders.load_image(query_scan)
     q_lab = loaders.load_label(query_mask, query_scan)
     lesion = q_lab == label if label is not None else q_lab > 0

@@ -29,7 +29,13 @@ from .crops import (
     resized_crop3d,
     uncrop3d,
 )
-from .errors import DicomGeometryWarning, LabelMapError, NotCTError, NotCTWarning
+from .errors import (
+    DicomGeometryWarning,
+    IncompleteStoreWarning,
+    LabelMapError,
+    NotCTError,
+    NotCTWarning,
+)
 from .formats import (
     AIR_HU,
     FORMATS,
@@ -46,6 +52,7 @@ from .inputs import (
     format_listing,
     read_scan,
     scan_name,
+    skip_reason,
     write_listing,
 )
 from .intensity import (
@@ -139,6 +146,7 @@ __all__ = [
     "GammaParams",
     "GaussianBlur2d",
     "ImageFormat",
+    "IncompleteStoreWarning",
     "InputListing",
     "IterationBatchSampler",
     "LabelMapError",
@@ -189,6 +197,7 @@ __all__ = [
     "resized_crop3d",
     "sample_batch_masks",
     "scan_name",
+    "skip_reason",
     "strip_image_suffix",
     "uncrop3d",
     "write_listing",

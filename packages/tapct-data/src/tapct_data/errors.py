@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["DicomGeometryWarning", "LabelMapError", "NotCTError", "NotCTWarning"]
+__all__ = [
+    "DicomGeometryWarning",
+    "IncompleteStoreWarning",
+    "LabelMapError",
+    "NotCTError",
+    "NotCTWarning",
+]
 
 
 class NotCTError(ValueError):
@@ -29,3 +35,11 @@ class NotCTWarning(UserWarning):
 
 class DicomGeometryWarning(UserWarning):
     """A DICOM series needed a documented geometric fix (e.g. gantry tilt resampled)."""
+
+
+class IncompleteStoreWarning(UserWarning):
+    """A zarr scan store whose build did not finish (stopped, interrupted or running).
+
+    Issued when such a store is opened: it holds only the scans committed so far; rerun
+    the same ``tapct preprocess`` command (or `build_zarr_store` call) to finish it.
+    """

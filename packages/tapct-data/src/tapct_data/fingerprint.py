@@ -27,7 +27,7 @@ import attrs
 import numpy as np
 import torch
 
-from .inputs import ScanSource, Skipped
+from .inputs import ScanSource, Skipped, skip_reason
 from .normalize import NormalizeConfig
 from .volume import Volume
 
@@ -324,7 +324,7 @@ def compute_fingerprint(
         if isinstance(outcome, BaseException):
             if on_error == "stop":
                 raise outcome
-            skipped.append(Skipped(_describe(item), str(outcome) or type(outcome).__name__))
+            skipped.append(Skipped(_describe(item), skip_reason(_describe(item), outcome)))
         else:
             results.append(outcome)
         if progress is not None:
@@ -350,10 +350,10 @@ def compute_fingerprint(
                 raise
 
     if not results:
-        first = skipped[0].reason if skipped else "?"
+        first = f"{skipped[0].path}: {skipped[0].reason}" if skipped else "?"
         raise ValueError(
-            f"no foreground voxel in any of the {len(items)} scan(s) ({len(skipped)} skipped; "
-            f"first: {first})"
+            f"{first}; no scan could be fingerprinted ({len(skipped)} of {len(items)} "
+            "skipped)"
         )
     count = sum(r.count for r in results)
     total = sum(r.total for r in results)

@@ -84,6 +84,7 @@ __all__ = [
     "format_listing",
     "read_scan",
     "scan_name",
+    "skip_reason",
     "write_listing",
 ]
 
@@ -159,6 +160,37 @@ class ScanSource:
             uid = self.series_uid or "without SeriesInstanceUID"
             return f"{self.path} (DICOM series {uid}, {len(self.files)} files)"
         return str(self.path)
+
+
+def skip_reason(source: object, error: BaseException | str) -> str:
+    """Why a scan is skipped, in THE one wording of ``skipped.jsonl`` and the CLI's errors.
+
+    The reason is the problem only, never the path: ``Skipped.path`` holds the source, and
+    the one-line error of a command is ``f"{path}: {reason}"``. Readers often start their
+    message with the file, folder or series description; that prefix is removed. An error
+    that is not a ``ValueError`` (the readers' "bad input" type) keeps its class name.
+    Used by `build_zarr_store`, `compute_fingerprint` and ``tapct embed``.
+
+    Args:
+        source: The `ScanSource` (or path, or description) the error is about.
+        error: The exception, or a message already on one line.
+
+    Returns:
+        The reason on one line, e.g. ``"2D image of size (256, 256); a volume needs 3
+        dimensions"``.
+    """
+    text = " ".join(str(error).split())
+    if isinstance(error, BaseException):
+        if not text:
+            text = type(error).__name__
+        elif not isinstance(error, ValueError):
+            text = f"{type(error).__name__}: {text}"
+    prefixes = {str(source), str(getattr(source, "path", source))}
+    for prefix in sorted(prefixes, key=len, reverse=True):
+        for form in (f"{prefix}: ", f"'{prefix}': "):
+            if text.startswith(form):
+                return text[len(form) :] or text
+    return text
 
 
 @attrs.frozen

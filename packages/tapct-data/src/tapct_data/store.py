@@ -13,6 +13,10 @@ Layout of a store folder ``STORE`` (a zarr v3 group)::
                              (``{"path": ..., "reason": ...}``), rewritten by each build
     STORE/.tmp-*             arrays being written (removed by the next build)
     STORE/.lock              the build lock (`tapct_data.locking.folder_lock`)
+    STORE/_incomplete        present while a build runs and after one that did not finish
+                             (stopped at a bad scan, interrupted, killed); removed when a
+                             build ends normally. Opening such a store warns
+                             (`IncompleteStoreWarning`): it holds only some of its scans.
 
 A scan is complete or absent, also after ``kill -9``: its array is written under a
 temporary name and renamed into place (``os.replace``; a zarr v3 local array is a folder and
@@ -34,7 +38,9 @@ import multiprocessing
 import os
 import shutil
 import signal
+import time
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -48,9 +54,10 @@ import numpy as np
 import torch
 import zarr
 
+from .errors import IncompleteStoreWarning
 from .faults import fault_point
 from .formats import AIR_HU, is_zarr_store
-from .inputs import InputListing, ScanSource, Skipped, read_scan
+from .inputs import InputListing, ScanSource, Skipped, read_scan, skip_reason
 from .locking import LOCK_FILE, folder_lock
 from .volume import Volume
 
@@ -67,6 +74,8 @@ __all__ = [
 FORMAT_VERSION = 2
 INDEX_DIR = "_index"
 INDEX_FILE = "index.json"
+INCOMPLETE_FILE = "_incomplete"
+_WARNED_INCOMPLETE: set[tuple[str, int]] = set()
 SKIPPED_FILE = "skipped.jsonl"
 TMP_PREFIX = ".tmp-"
 
@@ -116,6 +125,7 @@ class _Task:
     chunks: tuple[int, int, int]
     codec: str
     slices_per_file: int | None
+    allow_non_ct: bool = False
 
 
 @attrs.frozen
@@ -147,23 +157,14 @@ def _write_json_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _reason(source: ScanSource, exc: BaseException) -> str:
-    """The one-line error of a bad source: the reader's message on one line (it names the
-    source; prefixed with it when it does not), as the CLI prints it."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if not isinstance(exc, ValueError):
-        text = f"{type(exc).__name__}: {text}"
-    return text if text.startswith(str(source)) else f"{source}: {text}"
-
-
 def _convert_one(task: _Task) -> _Outcome:
     """Read one scan and commit it into the store (runs in a pool worker or in-process)."""
     source = task.source
     try:
         fault_point(f"store.read.{source.name}")  # a reader dying on this scan (tests)
-        volume = read_scan(source)
+        volume = read_scan(source, allow_non_ct=task.allow_non_ct)
     except Exception as exc:  # any reader failure is a bad scan, reported
-        return _Outcome(source, reason=_reason(source, exc), error=exc)
+        return _Outcome(source, reason=skip_reason(source, exc), error=exc)
     data = volume.data[0].round().clamp(-32768, 32767).to(torch.int16).numpy()
     meta = {k: v for k, v in volume.metadata.items() if isinstance(v, str | int | float | bool)}
     attributes = {
@@ -253,7 +254,7 @@ def _died(source: ScanSource, exitcode: int | None) -> str:
         how = f"signal {number}{hint}"
     else:
         how = f"exit status {exitcode}"
-    return f"{source}: the reader process died ({how})"
+    return f"the reader process died ({how})"
 
 
 def _alone_main(task: _Task, conn: Any) -> None:
@@ -373,6 +374,7 @@ def build_zarr_store(
     chunks: tuple[int, int, int] = DEFAULT_CHUNKS,
     codec: str = DEFAULT_CODEC,
     slices_per_file: int | None = DEFAULT_SLICES_PER_FILE,
+    allow_non_ct: bool = False,
 ) -> StoreReport:
     """Convert scans into one zarr store, in parallel, resumably, skipping bad scans.
 
@@ -404,6 +406,8 @@ def build_zarr_store(
         codec: ``"blosc-lz4"`` (default), ``"blosc-zstd"``, ``"zstd"`` or ``"none"``.
         slices_per_file: Chunks grouped into one file per this many slices (zarr v3
             sharding codec; reads still fetch single chunks); None: one file per chunk.
+        allow_non_ct: Read non-CT volumes anyway (`read_scan`'s switch, with a
+            `NotCTWarning`) instead of skipping them.
 
     Returns:
         A `StoreReport`. When nothing is in the store at the end (every source skipped and
@@ -438,7 +442,7 @@ def build_zarr_store(
             raise ValueError(f"shard must be (k, n) with 0 <= k < n, got {shard}")
         scans, skipped = scans[k::n], skipped[k::n]
     if on_error == "stop" and skipped:
-        raise ValueError(skipped[0].reason)
+        raise ValueError(f"{skipped[0].path}: {skipped[0].reason}")
 
     path = Path(store)
     created = not path.exists()
@@ -451,7 +455,7 @@ def build_zarr_store(
     with folder_lock(path):  # one build per store: a second one fails here, writing nothing
         return _build_locked(
             path, created, scans, skipped, workers, on_error, progress, chunks, codec,
-            slices_per_file,
+            slices_per_file, allow_non_ct,
         )  # fmt: skip
 
 
@@ -466,6 +470,7 @@ def _build_locked(
     chunks: tuple[int, int, int],
     codec: str,
     slices_per_file: int | None,
+    allow_non_ct: bool = False,
 ) -> StoreReport:
     """`build_zarr_store` once the store's lock is held."""
     group_path = path / "zarr.json"
@@ -477,6 +482,10 @@ def _build_locked(
         _check_format(path)
         (path / INDEX_DIR).mkdir(exist_ok=True)
         _remove_temporaries(path)
+        _write_json_atomic(
+            path / INCOMPLETE_FILE,
+            json.dumps({"sources": len(scans), "started": time.time()}) + "\n",
+        )
         index = _load_index(path)
         todo: list[ScanSource] = []
         done: list[str] = []
@@ -490,7 +499,7 @@ def _build_locked(
                 (path / INDEX_DIR / f"{source.name}.json").unlink(missing_ok=True)
             todo.append(source)
         tasks = [
-            _Task(s, path, tuple(chunks), codec, slices_per_file)  # type: ignore[arg-type]
+            _Task(s, path, tuple(chunks), codec, slices_per_file, allow_non_ct)  # type: ignore[arg-type]
             for s in todo
         ]
         written: list[str] = []
@@ -502,11 +511,13 @@ def _build_locked(
                 if outcome.record is not None:
                     written.append(outcome.source.name)
                 else:
-                    reason = outcome.reason or f"{outcome.source}: unreadable"
+                    reason = outcome.reason or "unreadable"
                     bad[outcome.source.name] = Skipped(path=str(outcome.source), reason=reason)
                     if on_error == "stop":
                         err = outcome.error
-                        raise err if isinstance(err, ValueError) else ValueError(reason)
+                        if isinstance(err, ValueError):
+                            raise err
+                        raise ValueError(f"{outcome.source}: {reason}")
                 if progress is not None:
                     progress(count, len(tasks), outcome.source.name)
         finally:
@@ -514,6 +525,7 @@ def _build_locked(
             report = tuple(skipped) + tuple(bad[n] for n in sorted(bad, key=order.__getitem__))
             _write_skipped(path, report)
             _write_consolidated(path)
+        (path / INCOMPLETE_FILE).unlink(missing_ok=True)  # the build ended normally
     finally:
         if created and path.exists() and not _index_names(path):
             shutil.rmtree(path, ignore_errors=True)
@@ -622,6 +634,21 @@ class ZarrVolumeStore:
         self._index = _load_index(self.path) if ours else {}
         self.names: list[str] = list(self._index)
         self._arrays: dict[str, zarr.Array] = {}
+        #: False while a build runs or after one that did not finish (see the module doc).
+        try:
+            key = (str(self.path.resolve()), (self.path / INCOMPLETE_FILE).stat().st_mtime_ns)
+        except FileNotFoundError:
+            key = None
+        self.complete = key is None
+        if key is not None and key not in _WARNED_INCOMPLETE:
+            _WARNED_INCOMPLETE.add(key)  # once per unfinished build and process
+            warnings.warn(
+                f"{self.path}: not finished by `tapct preprocess` (a build running, stopped "
+                f"or interrupted): only its {len(self.names)} complete scan(s) are used; "
+                "rerun the same preprocess command to finish it",
+                IncompleteStoreWarning,
+                stacklevel=2,
+            )
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers reopen arrays lazily
         return {**self.__dict__, "_arrays": {}}

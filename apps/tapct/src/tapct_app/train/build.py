@@ -21,6 +21,7 @@ from tapct_data.normalize import NormalizeConfig
 from torch import nn
 from torch.utils.data import Dataset
 
+from tapct_app.config_file import check_value_types
 from tapct_app.errors import UserError
 from tapct_app.train.config import PretrainConfig
 from tapct_app.train.data import (
@@ -93,6 +94,7 @@ def objective_config(config: PretrainConfig) -> Any:
     """
     from tapct_ssl import DINOv2ObjectiveConfig
 
+    check_value_types(DINOv2ObjectiveConfig, config.objective, "objective")
     try:
         return DINOv2ObjectiveConfig(**config.objective)
     except (TypeError, ValueError) as exc:
@@ -131,6 +133,7 @@ def build_optim_config(config: PretrainConfig) -> Any:
     """
     from tapct_ssl import OptimConfig
 
+    check_value_types(OptimConfig, config.optim, "optim")
     try:
         return OptimConfig(**config.optim)
     except (TypeError, ValueError) as exc:
@@ -310,7 +313,9 @@ def build_data(
         sources = [str(p) for p in sorted((cache / "phantoms").glob("phantom-*.nii.gz"))]
     if dist.is_main:
         if console is not None and not all(is_zarr_store(s) for s in sources):
-            console.print(f"[dim]preparing the zarr store cache for {len(sources)} source(s)[/]")
+            console.print(
+                f"preparing the zarr store cache for {len(sources)} source(s)", style="dim"
+            )
         store = prepare_stores(
             sources,
             cache,

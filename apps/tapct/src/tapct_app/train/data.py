@@ -193,6 +193,7 @@ def build_store(
     listing: Any = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    allow_non_ct: bool = False,
 ) -> Any:
     """Expand ``inputs`` and convert them into ``store``; a user error if nothing was read.
 
@@ -207,6 +208,7 @@ def build_store(
         listing: An already expanded ``tapct_data.InputListing``.
         include: Glob patterns a scan must match (ignored with ``listing``).
         exclude: Glob patterns that leave a scan out (ignored with ``listing``).
+        allow_non_ct: ``--allow-non-ct``: read MR and other non-HU volumes anyway.
 
     Returns:
         The ``tapct_data.StoreReport``.
@@ -235,14 +237,16 @@ def build_store(
             on_error="stop" if on_error == "stop" else "skip",
             shard=shard,
             progress=progress,
+            allow_non_ct=allow_non_ct,
         )
     except (ValueError, FolderLockedError) as exc:
         raise UserError(str(exc)) from exc
     if not report.written and not report.already_done:
         if report.skipped:
+            first = report.skipped[0]
             raise UserError(
-                f"no scan could be read ({len(report.skipped)} skipped); the first: "
-                f"{report.skipped[0].reason}"
+                f"{first.path}: {first.reason}; no scan could be read "
+                f"({len(report.skipped)} skipped)"
             )
         raise UserError(f"no scans found in {', '.join(str(p) for p in inputs)}")
     return report
