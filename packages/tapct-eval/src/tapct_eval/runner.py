@@ -27,8 +27,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from ._backbone import backbone_patch_size
 from .abmil import ABMILTrainingConfig, predict_abmil, train_abmil
+from .encoders import Encoder, as_encoder
 from .features import ExtractedFeatures, extract_features
 from .figures import plot_retrieval_heatmap, plot_segmentation_overlay
 from .labels import TOTALSEGMENTATOR_49_CLASSES, merge_totalsegmentator_labels, remap_labels
@@ -103,11 +103,13 @@ class BenchmarkResults:
         }
 
 
-def _default_preprocess(task: BenchmarkTask) -> Preprocess:
+def _default_preprocess(task: BenchmarkTask, encoder: Encoder) -> Preprocess:
+    in_plane_size = encoder.preprocessing.in_plane_size or task.in_plane_size
+
     def preprocess(image: torch.Tensor, label: torch.Tensor | None):
-        if task.in_plane_size is None:
+        if in_plane_size is None:
             return image, label
-        size = (image.shape[1], *task.in_plane_size)
+        size = (image.shape[1], *in_plane_size)
         image = F.interpolate(
             image[None].float(), size=size, mode="trilinear", align_corners=False
         )[0]
@@ -119,14 +121,20 @@ def _default_preprocess(task: BenchmarkTask) -> Preprocess:
 
 
 def _cached_features(
-    model: nn.Module,
+    model: Encoder,
     image: torch.Tensor,
     cache: Path,
     task: BenchmarkTask,
     device: str,
     sw_batch_size: int,
+    roi: tuple[int, int, int],
 ) -> dict[str, torch.Tensor]:
-    key = {"roi_size": list(task.roi_size), "overlap": task.overlap, "shape": list(image.shape)}
+    key = {
+        "roi_size": list(roi),
+        "overlap": task.overlap,
+        "shape": list(image.shape),
+        "blend": [task.blend_mode, task.sigma_scale],
+    }
     if cache.is_file():
         stored = torch.load(cache, weights_only=True)
         if json.loads(bytes(stored["key"].tolist()).decode()) == key:
@@ -134,10 +142,13 @@ def _cached_features(
     feats: ExtractedFeatures = extract_features(
         model,
         image,
-        task.roi_size,
+        roi,
         overlap=task.overlap,
         sw_batch_size=sw_batch_size,
         device=device,
+        pad_value=model.preprocessing.pad_value,
+        mode=task.blend_mode,
+        sigma_scale=task.sigma_scale,
     )
     stored = {
         "patch_features": feats.load_patch_features(),
@@ -197,7 +208,7 @@ def _patch_mask(
 
 def run_benchmark(
     task: BenchmarkTask | str | Path,
-    model: nn.Module,
+    model: Encoder | nn.Module,
     output_dir: str | Path,
     *,
     seeds: Sequence[int] = (0, 1, 2),
@@ -211,12 +222,17 @@ def run_benchmark(
     console: Console | None = None,
     figures: bool = True,
 ) -> BenchmarkResults:
-    """Run one benchmark task for one frozen backbone over several seeds.
+    """Run one benchmark task for one frozen encoder over several seeds.
 
     Args:
         task: a :class:`BenchmarkTask` or a task file path (see :func:`load_task`).
-        model: backbone with the DINOv2 interface (``.patch_size``, ``.embed_dim``,
-            ``forward_features``/``get_intermediate_layers``).
+        model: an :class:`~tapct_eval.encoders.Encoder` (our ViT, a timm model slice by
+            slice, a MONAI encoder, ...) or a backbone with the DINOv2 interface
+            (``.patch_size``, ``.embed_dim``, ``forward_features``/
+            ``get_intermediate_layers``). The sliding window is the task's ``roi_size``
+            as the encoder resolves it (``Preprocessing.resolve_window``: e.g. whole
+            resized slices for a 2D model, multiples of 32 for SwinUNETR), padded with
+            the encoder's air value.
         output_dir: where features (``features/<model_name>/``), ``results.json``,
             ``results.csv`` and ``figures/`` are written.
         seeds: one head is trained per seed; results are mean +- std over them.
@@ -227,9 +243,12 @@ def run_benchmark(
             Default :func:`~tapct_eval.loading.load_label_monai`.
         intensity: the clip/normalisation statistics the model was trained with
             (:class:`~tapct_eval.loading.ClipStats`, ``tapct_data.NormalizeConfig`` or
-            ``(lower, upper, mean, std)`` in HU); required when ``load_image`` is None.
+            ``(lower, upper, mean, std)`` in HU); default the encoder's
+            ``preprocessing.intensity``; one of them is required when ``load_image`` is
+            None.
         preprocess: ``(image, label | None) -> (image, label)`` applied after loading
-            (default: in-plane resize to ``task.in_plane_size`` when set, trilinear for the
+            (default: in-plane resize to the encoder's ``preprocessing.in_plane_size``,
+            else ``task.in_plane_size`` when set, trilinear for the
             image, nearest for labels). Pass ``lambda i, l: (i, l)`` to take loader outputs
             as final.
         device: where the backbone and heads run.
@@ -242,13 +261,18 @@ def run_benchmark(
         :class:`BenchmarkResults`.
 
     Raises:
-        ValueError: on empty seeds, on loader outputs with wrong shapes/grids, or when
-            neither ``load_image`` nor ``intensity`` is given.
+        ValueError: on empty seeds, on loader outputs with wrong shapes/grids, when
+            neither ``load_image`` nor an intensity is given, or when the window is not a
+            multiple of the encoder's stride.
         TaskFileError: when ``task`` is a path to an invalid task file.
     """
     task = task if isinstance(task, BenchmarkTask) else load_task(task)
     if not seeds:
         raise ValueError("seeds must not be empty")
+    encoder = as_encoder(model)
+    roi = encoder.preprocessing.resolve_window(task.roi_size, encoder.stride)
+    if intensity is None:
+        intensity = encoder.preprocessing.intensity
     if load_image is None:
         if intensity is None:
             raise ValueError(
@@ -261,28 +285,33 @@ def run_benchmark(
             return load_image_monai(path, stats)
 
     load_label = load_label or load_label_monai
-    preprocess = preprocess or _default_preprocess(task)
+    preprocess = preprocess or _default_preprocess(task, encoder)
     name = model_name or type(model).__name__
     out = Path(output_dir)
-    cache_dir = out / "features" / name / task.name
+    cache_dir = out / "features" / _file_name(name) / task.name
     data: dict[str, list] = {"train": [], "test": []}
     for split in ("train", "test"):
         for case in getattr(task, split):
             image, label = _load_case(task, case, load_image, load_label, preprocess)
             feats = _cached_features(
-                model, image, cache_dir / f"{case.case_id}.pt", task, device, sw_batch_size
+                encoder, image, cache_dir / f"{case.case_id}.pt", task, device, sw_batch_size, roi
             )
             data[split].append((case, image, label, feats))
     if task.kind == "segmentation":
-        results = _run_segmentation(task, model, name, data, seeds, device, out, figures)
+        results = _run_segmentation(task, encoder, name, data, seeds, device, out, figures)
     else:
         results = _run_classification(task, name, data, seeds, device)
     files = _write_reports(results, out, console)
     return attrs.evolve(results, files={**results.files, **files})
 
 
-def _run_segmentation(task, model, name, data, seeds, device, out, figures) -> BenchmarkResults:
-    patch = backbone_patch_size(model)
+def _file_name(name: str) -> str:
+    """A model name usable in file names (``timm:vit_s`` -> ``timm_vit_s``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _run_segmentation(task, encoder, name, data, seeds, device, out, figures) -> BenchmarkResults:
+    patch = tuple(encoder.stride)
     config = ProbeTrainingConfig(
         steps=task.steps, accumulation_steps=task.accumulation_steps, lr=task.lr
     )
@@ -339,7 +368,7 @@ def _run_segmentation(task, model, name, data, seeds, device, out, figures) -> B
             image,
             label,
             pred,
-            out / "figures" / f"{task.name}_{name}_overlay.png",
+            out / "figures" / f"{task.name}_{_file_name(name)}_overlay.png",
             num_classes=task.num_classes,
             title=f"{task.name}: {case.case_id} (seed {seeds[0]})",
         )
@@ -354,7 +383,7 @@ def _run_segmentation(task, model, name, data, seeds, device, out, figures) -> B
                 files["retrieval"] = plot_retrieval_heatmap(
                     image,
                     hit.similarity,
-                    out / "figures" / f"{task.name}_{name}_retrieval.png",
+                    out / "figures" / f"{task.name}_{_file_name(name)}_retrieval.png",
                     top_positions=hit.positions,
                     patch_size=patch,
                     title=f"query: {_class_names(task)[cls]} of {data['train'][0][0].case_id}",

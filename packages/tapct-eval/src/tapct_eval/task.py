@@ -6,6 +6,8 @@ Schema (paths are relative to the task file)::
     kind: segmentation              # required: segmentation | classification
     roi_size: [12, 224, 224]        # required, window (d, h, w) in voxels
     overlap: 0.25                   # optional, [0, 1)
+    blend_mode: constant            # optional: constant | gaussian (MONAI SlidingWindowInferer)
+    sigma_scale: 0.125              # optional, gaussian width as a fraction of the ROI
     in_plane_size: [224, 224]       # optional: resize (z, H, W) -> (z, h, w) before features
     # segmentation
     num_classes: 49                 # required, classes incl. background (after label_map)
@@ -68,6 +70,8 @@ class BenchmarkTask:
         kind: ``segmentation`` or ``classification``.
         roi_size: sliding window ``(d, h, w)``.
         overlap: window overlap.
+        blend_mode: ``constant`` or ``gaussian`` blending of overlapping windows.
+        sigma_scale: gaussian width as a fraction of the ROI (MONAI's ``sigma_scale``).
         num_classes: classes (segmentation incl. background) or outputs (classification).
         train: training cases.
         test: test cases.
@@ -96,6 +100,8 @@ class BenchmarkTask:
     accumulation_steps: int = 4
     lr: float = 1e-2
     source: Path | None = None
+    blend_mode: str = "constant"
+    sigma_scale: float = 0.125
 
 
 def _err(path: Path, key: str, message: str) -> TaskFileError:
@@ -245,6 +251,13 @@ def load_task(path: str | Path, *, case_id: Callable[[Path], str] | None = None)
     if not isinstance(overlap, int | float) or not 0 <= overlap < 1:
         raise _err(path, "overlap", f"must be in [0, 1), got {overlap!r}")
     in_plane = raw.get("in_plane_size")
+    blend_mode = raw.get("blend_mode", "constant")
+    if blend_mode not in ("constant", "gaussian"):
+        raise _err(path, "blend_mode", f"must be constant or gaussian, got {blend_mode!r}")
+    sigma_scale = raw.get("sigma_scale", 0.125)
+    number = isinstance(sigma_scale, int | float) and not isinstance(sigma_scale, bool)
+    if not number or sigma_scale <= 0:
+        raise _err(path, "sigma_scale", f"must be a positive number, got {sigma_scale!r}")
     common: dict[str, Any] = {
         "name": str(raw["name"]),
         "kind": kind,
@@ -256,6 +269,8 @@ def load_task(path: str | Path, *, case_id: Callable[[Path], str] | None = None)
         "accumulation_steps": raw.get("accumulation_steps", 4 if kind == "segmentation" else 16),
         "lr": float(raw.get("lr", 1e-2 if kind == "segmentation" else 1e-3)),
         "source": path,
+        "blend_mode": blend_mode,
+        "sigma_scale": float(sigma_scale),
     }
     for key in ("steps", "accumulation_steps"):
         if not isinstance(common[key], int) or common[key] < 1:
