@@ -309,7 +309,13 @@ def _parse_pair(text: str | None, option: str) -> tuple[int, int] | None:
 def benchmark(
     task_file: Annotated[Path, typer.Argument(help="Task file (YAML/JSON) for tapct_eval.")],
     model: Annotated[
-        str, typer.Option("--model", "-m", help="Model directory (save_pretrained) or a preset.")
+        list[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model folder or preset, timm:NAME, monai:NAME or module:function "
+            "(options as NAME:key=value,...); repeat to compare models side by side.",
+        ),
     ],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Results directory.")

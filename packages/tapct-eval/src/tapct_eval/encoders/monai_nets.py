@@ -32,30 +32,30 @@ __all__ = ["MONAI_ENCODERS", "MONAI_HU_WINDOW", "MonaiEncoder", "create_monai_en
 MONAI_HU_WINDOW = (-1024.0, 2048.0)
 
 
-def _swin_features(net: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
+def _swin_features(net: Any, x: torch.Tensor, level: int) -> torch.Tensor:
     hidden = net.swinViT(x, net.normalize)  # 5 levels, strides 2 .. 32
     return hidden[level]
 
 
-def _swin_multiple(net: nn.Module) -> int:
+def _swin_multiple(net: Any) -> int:
     return int(max(net.swinViT.patch_size)) * 2**4  # patch embedding, then 4 mergings
 
 
-def _segresnet_features(net: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
+def _segresnet_features(net: Any, x: torch.Tensor, level: int) -> torch.Tensor:
     _, levels = net.encode(x)  # one tensor per down layer, strides 1, 2, 4, 8 ...
     return levels[level]
 
 
-def _segresnet_multiple(net: nn.Module) -> int:
+def _segresnet_multiple(net: Any) -> int:
     return 2 ** (len(net.down_layers) - 1)
 
 
-def _unet_parts(net: nn.Module) -> tuple[list[nn.Module], nn.Module]:
+def _unet_parts(net: Any) -> tuple[list[nn.Module], nn.Module]:
     """MONAI UNet's nested ``Sequential(down, SkipConnection(sub), up)``: downs and bottom."""
     from monai.networks.layers import SkipConnection
 
     downs: list[nn.Module] = []
-    block = net.model
+    block: Any = net.model
     while (
         isinstance(block, nn.Sequential)
         and len(block) == 3
@@ -66,15 +66,16 @@ def _unet_parts(net: nn.Module) -> tuple[list[nn.Module], nn.Module]:
     return downs, block
 
 
-def _unet_features(net: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
+def _unet_features(net: Any, x: torch.Tensor, level: int) -> torch.Tensor:
     downs, bottom = _unet_parts(net)
     for down in downs:
         x = down(x)
     return bottom(x)  # the bottleneck
 
 
-def _unet_multiple(net: nn.Module) -> int:
-    return int(math.prod(int(s) for s in net.strides))
+def _unet_multiple(net: Any) -> int:
+    strides: Any = net.strides
+    return int(math.prod(int(s) for s in strides))
 
 
 @attrs.frozen

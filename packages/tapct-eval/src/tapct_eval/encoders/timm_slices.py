@@ -91,7 +91,7 @@ class TimmSliceEncoder(nn.Module):
         slice_batch: int = 64,
     ) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model
         self.slice_batch = int(slice_batch)
         cfg = getattr(model, "pretrained_cfg", None) or {}
         h, w = _input_hw(model, input_size)
