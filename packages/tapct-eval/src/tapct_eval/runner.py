@@ -104,20 +104,11 @@ class BenchmarkResults:
 
 
 def _default_preprocess(task: BenchmarkTask, encoder: Encoder) -> Preprocess:
-    in_plane_size = encoder.preprocessing.in_plane_size or task.in_plane_size
-
-    def preprocess(image: torch.Tensor, label: torch.Tensor | None):
-        if in_plane_size is None:
-            return image, label
-        size = (image.shape[1], *in_plane_size)
-        image = F.interpolate(
-            image[None].float(), size=size, mode="trilinear", align_corners=False
-        )[0]
-        if label is not None:
-            label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
-        return image, label
-
-    return preprocess
+    """In-plane resize to the encoder's size, else the task's (``Preprocessing.resize``)."""
+    prep = encoder.preprocessing
+    if prep.in_plane_size is None and task.in_plane_size is not None:
+        prep = attrs.evolve(prep, in_plane_size=task.in_plane_size)
+    return prep.resize
 
 
 def _cached_features(
