@@ -64,7 +64,7 @@ def main() -> None:
     models = args.model or DEFAULT_MODELS
     seeds = tuple(int(s) for s in args.seeds.split(","))
     quiet = Console(quiet=True)
-    console = Console()
+    console = Console(width=160)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.output or Path(tmp)
         task = Path(tmp) / "task.yaml"
