@@ -177,3 +177,51 @@ def test_cuda_path_matches_cpu(tiny_vit):
     assert gpu.patch_features.device.type == "cpu"
     torch.testing.assert_close(gpu.patch_features, cpu.patch_features, atol=0.1, rtol=0.05)
     torch.testing.assert_close(gpu.cls_tokens, cpu.cls_tokens, atol=0.1, rtol=0.05)
+
+
+def test_gaussian_blend_streamed_equals_in_memory(tiny_vit, tmp_path):
+    """Streamed rows blended outside MONAI give MONAI's own gaussian blend."""
+    volume = torch.randn(1, 10, 12, 12)
+    kwargs = {"roi_size": (4, 8, 8), "overlap": 0.5, "mode": "gaussian", "sigma_scale": 0.2}
+    mem = extract_features(tiny_vit, volume, **kwargs)
+    streamed = extract_features(tiny_vit, volume.numpy(), output=tmp_path / "g.zarr", **kwargs)
+    torch.testing.assert_close(
+        streamed.load_patch_features(), mem.patch_features, atol=1e-5, rtol=1e-5
+    )
+    const = extract_features(tiny_vit, volume, roi_size=(4, 8, 8), overlap=0.5)
+    # overlapping windows of a global-attention model disagree, so the weights matter
+    assert (mem.patch_features - const.patch_features).abs().max() > 1e-3
+
+
+def test_gaussian_blend_of_one_cell_is_monai_weighted_mean(local_backbone):
+    """Where two windows overlap, a cell is their weighted mean with MONAI's weights."""
+    from tapct_eval.features import blend_weights
+
+    class Shifted(torch.nn.Module):
+        """Features = window start depth (known per window), to read the blend weights."""
+
+        patch_size = (2, 4, 4)
+        embed_dim = 1
+
+        def forward_features(self, x):
+            n = x.shape[2] // 2 * (x.shape[3] // 4) * (x.shape[4] // 4)
+            tokens = x[:, :, :1, :1, :1].reshape(-1, 1, 1).expand(-1, n, 1)
+            return {"x_norm_patchtokens": tokens}
+
+    # the first voxel of each window holds its start depth: windows start at 0 and 2
+    volume = torch.zeros(1, 6, 4, 4)
+    volume[0, 2, 0, 0] = 2.0
+    feats = extract_features(Shifted(), volume, (4, 4, 4), overlap=0.5, mode="gaussian")
+    w = blend_weights((4, 4, 4), (2, 4, 4), "gaussian")[:, 0, 0]  # weights of rows 0, 1
+    # cell row 1 is row 1 of window 0 (value 0) and row 0 of window 1 (value 2)
+    expected = (w[1] * 0.0 + w[0] * 2.0) / (w[1] + w[0])
+    torch.testing.assert_close(feats.patch_features[0, 1, 0, 0], expected)
+    assert feats.patch_features[0, 0, 0, 0] == 0.0 and feats.patch_features[0, 2, 0, 0] == 2.0
+
+
+def test_blend_options_are_validated(tiny_vit):
+    volume = torch.randn(1, 8, 8, 8)
+    with pytest.raises(ValueError, match="mode"):
+        extract_features(tiny_vit, volume, (4, 8, 8), mode="max")
+    with pytest.raises(ValueError, match="sigma_scale"):
+        extract_features(tiny_vit, volume, (4, 8, 8), mode="gaussian", sigma_scale=0.0)

@@ -63,6 +63,8 @@ def test_load_task_resolves_cases(seg_task):
         ({"overlap": 1.5}, "overlap"),
         ({"train": {"images": "nope", "labels": "x"}}, "train.images"),
         ({"label_map": "other"}, "label_map"),
+        ({"blend_mode": "max"}, "blend_mode"),
+        ({"sigma_scale": 0}, "sigma_scale"),
     ],
 )
 def test_task_errors_name_file_and_key(seg_task, tmp_path, change, key):
@@ -160,3 +162,19 @@ def test_classification_numbers_unchanged_on_the_registry(tmp_path, tiny_vit):
     assert res.per_seed == pytest.approx([7 / 9, 1 / 3, 2 / 3], abs=1e-6)
     assert res.per_class["micro_ap"].mean == pytest.approx(0.687037037037037, abs=1e-5)
     assert res.per_class["micro_ap"].std == pytest.approx(0.13382112418621975, abs=1e-5)
+
+
+def test_run_benchmark_takes_the_encoders_preprocessing(seg_task, tmp_path, local_backbone):
+    """An encoder's HU window, in-plane size and fixed window axes drive the run."""
+    from tapct_eval.encoders import BackboneEncoder, Preprocessing, hu_window
+
+    prep = Preprocessing(
+        intensity=hu_window(-1000, 1000), in_plane_size=(8, 8), window_size=(None, 8, 8)
+    )
+    encoder = BackboneEncoder(local_backbone, prep)
+    out = tmp_path / "out"
+    res = run_benchmark(seg_task, encoder, out, seeds=(0,), model_name="enc:x", figures=False)
+    assert res.metric == "dice" and 0.0 <= res.summary.mean <= 1.0
+    cached = torch.load(out / "features" / "enc_x" / "box" / "c.pt", weights_only=True)
+    assert tuple(cached["patch_features"].shape) == (8, 4, 2, 2)  # (E, 8/2, 8/4, 8/4)
+    assert json.loads(bytes(cached["key"].tolist()).decode())["roi_size"] == [4, 8, 8]

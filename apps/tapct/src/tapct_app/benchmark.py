@@ -1,14 +1,16 @@
-"""``tapct benchmark``: the ``tapct_eval`` runner with ``tapct_data`` readers."""
+"""``tapct benchmark``: the ``tapct_eval`` runner with ``tapct_data`` readers, any encoder."""
 
 from __future__ import annotations
 
+import csv
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tapct_app.errors import UserError, user_errors_from
 
-__all__ = ["benchmark_command", "results_table"]
+__all__ = ["benchmark_command", "comparison_table", "results_table"]
 
 
 def results_table(results: Any) -> Any:
@@ -42,7 +44,7 @@ def results_table(results: Any) -> Any:
 
 def benchmark_command(
     task_file: Path,
-    model: str,
+    model: str | Sequence[str],
     output: Path | None,
     seeds: Sequence[int],
     device: str,
@@ -50,11 +52,14 @@ def benchmark_command(
     intensity_stats: Path | None = None,
     allow_non_ct: bool = False,
 ) -> Any:
-    """Run a benchmark task file for one model; write results.json/.csv and figures.
+    """Run a benchmark task file for one or more models; write results.json/.csv and figures.
 
     Args:
         task_file: A ``tapct_eval`` task file (YAML/JSON).
-        model: Model folder or preset.
+        model: One ``--model`` string or several (see :mod:`tapct_app.encoders`: a
+            model folder or preset, ``timm:NAME``, ``monai:NAME``, ``module:function``).
+            With several, each model's results go to ``OUTPUT/<model>/`` and
+            ``OUTPUT/comparison.csv`` holds them side by side.
         output: Results folder (default ``runs/benchmark/<task name>``); written
             atomically.
         seeds: Seeds, one head per seed (paper: 3).
@@ -64,25 +69,28 @@ def benchmark_command(
         allow_non_ct: ``--allow-non-ct``: read non-HU images anyway.
 
     Returns:
-        The ``tapct_eval.BenchmarkResults``.
+        The ``tapct_eval.BenchmarkResults`` (one model), or a list of them (several).
 
     Raises:
         UserError: A missing or invalid task file, an unreadable scan or label, a label
             that is an image, lies elsewhere than its image or holds values outside the
-            task's classes (``tapct_eval.LabelError``), a bad model or device.
+            task's classes (``tapct_eval.LabelError``), a bad model or device, a window
+            that does not fit a model.
     """
-    from tapct_data import strip_image_suffix
+    from tapct_data import NormalizeConfig, strip_image_suffix
     from tapct_eval import CaseError, LabelError, load_task, run_benchmark
 
     from tapct_app.devices import resolve_device
-    from tapct_app.intensity import model_normalize
-    from tapct_app.models import load_backbone
+    from tapct_app.encoders import load_encoder, model_display_name
     from tapct_app.outputs import atomic_output_dir, check_output
     from tapct_app.progress import CommandProgress
     from tapct_app.readers import ScanLoaders
 
     if output is not None:
         check_output(output, "folder")
+    models = [model] if isinstance(model, str) else list(model)
+    if not models:
+        raise UserError("--model: give at least one model")
     if not task_file.is_file():
         raise UserError(f"{task_file}: no such task file")
     if not seeds:
@@ -94,38 +102,98 @@ def benchmark_command(
         dev = resolve_device(device)
     except ValueError as exc:
         raise UserError(f"--device: {exc}") from exc
-    backbone, _ = load_backbone(model, dev)
-    patch = tuple(int(p) for p in backbone.patch_size)
-    if any(r % p for r, p in zip(task.roi_size, patch, strict=True)):
-        raise UserError(
-            f"{task_file}: roi_size {task.roi_size} is not a multiple of the model's patch "
-            f"size {patch}"
-        )
+    encoders = []
+    for spec in models:
+        encoder = load_encoder(spec, dev, intensity_stats)
+        try:
+            encoder.preprocessing.resolve_window(task.roi_size, encoder.stride)
+        except ValueError as exc:
+            raise UserError(
+                f"{task_file}: roi_size {task.roi_size} does not fit --model {spec}: {exc}"
+            ) from exc
+        encoders.append((spec, encoder))
     output = check_output(output or Path("runs/benchmark") / task.name, "folder")
-    loaders = ScanLoaders(model_normalize(model, intensity_stats), allow_non_ct=allow_non_ct)
-    model_name = Path(model).name if Path(model).exists() else str(model)
-    # One step of progress: the features of one case, or one optimizer step of a head.
+    all_results = []
+    # One step of progress: the features of one scan, or one optimizer step of a head.
     with (
         atomic_output_dir(output) as tmp,
         CommandProgress(console, "benchmark", unit="steps") as progress,
     ):
-        try:
-            results = run_benchmark(
-                task,
-                backbone,
-                tmp,
-                seeds=tuple(seeds),
-                load_image=loaders.load_image,
-                load_label=loaders.load_label,
-                load_spacing=lambda p: loaders.volume(p).spacing,
-                device=str(dev),
-                model_name=model_name,
-                progress=progress,
-            )
-        except (LabelError, CaseError) as exc:  # the message starts with the case's file
-            raise UserError(str(exc)) from exc
-    console.print(results_table(results))
-    console.print(
-        f"{task.name}: {results.metric} {results.summary} over seeds {list(seeds)} -> {output}/"
-    )
-    return results
+        for spec, encoder in encoders:
+            name = model_display_name(spec)
+            intensity = encoder.preprocessing.intensity
+            assert intensity is not None  # load_encoder sets it for every encoder
+            loaders = ScanLoaders(NormalizeConfig(*intensity), allow_non_ct=allow_non_ct)
+            try:
+                results = run_benchmark(
+                    task,
+                    encoder,
+                    tmp if len(encoders) == 1 else tmp / _dir_name(name),
+                    seeds=tuple(seeds),
+                    load_image=loaders.load_image,
+                    load_label=loaders.load_label,
+                    load_spacing=loaders.spacing,
+                    device=str(dev),
+                    model_name=name,
+                    progress=progress,
+                )
+            except (LabelError, CaseError) as exc:  # the message starts with the case's file
+                raise UserError(str(exc)) from exc
+            all_results.append(results)
+        if len(all_results) > 1:
+            _write_comparison(all_results, tmp / "comparison.csv")
+    for results in all_results:
+        console.print(results_table(results))
+    if len(all_results) > 1:
+        console.print(comparison_table(all_results))
+    for results in all_results:
+        console.print(
+            f"{task.name} / {results.model}: {results.metric} {results.summary} over seeds "
+            f"{list(seeds)} -> {output}/"
+        )
+    return all_results[0] if len(all_results) == 1 else all_results
+
+
+def _dir_name(name: str) -> str:
+    from tapct_eval.kinds.base import file_name
+
+    return file_name(name)
+
+
+def _fmt(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.3f}"
+
+
+def comparison_table(results: Sequence[Any]) -> Any:
+    """A rich table of several models' results on one task, side by side.
+
+    Args:
+        results: ``tapct_eval.BenchmarkResults`` of one task, one per model.
+
+    Returns:
+        A ``rich.table.Table`` (model, metric, mean, std, seeds).
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(f"{results[0].task}: models side by side (mean ± std over seeds)"))
+    for column in ("model", "metric", "mean", "std", "valid seeds"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            Text(r.model),
+            r.metric,
+            _fmt(r.summary.mean),
+            _fmt(r.summary.std),
+            f"{r.summary.n_valid}/{r.summary.n_total}",
+        )
+    return table
+
+
+def _write_comparison(results: Sequence[Any], path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["task", "model", "metric", "mean", "std", "n_valid", "n_total"])
+        for r in results:
+            s = r.summary
+            writer.writerow([r.task, r.model, r.metric, s.mean, s.std, s.n_valid, s.n_total])

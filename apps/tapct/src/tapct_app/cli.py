@@ -443,11 +443,14 @@ def _parse_pair(text: str | None, option: str) -> tuple[int, int] | None:
 def benchmark(
     task_file: Annotated[Path, typer.Argument(help="Task file (YAML/JSON) for tapct_eval.")],
     model: Annotated[
-        str,
+        list[str],
         typer.Option(
-            "--model", "-m",
+            "--model",
+            "-m",
             help="Model folder (save_pretrained), weights file, hub id owner/name (cache or "
-            "download; HF_HUB_OFFLINE=1 honoured) or a preset.",
+            "download; HF_HUB_OFFLINE=1 honoured), a preset, timm:NAME, monai:NAME or "
+            "module:function (options as NAME:key=value,...); repeat to compare models side "
+            "by side.",
         ),
     ],
     output: Annotated[

@@ -50,6 +50,11 @@ class ScanLoaders:
                 self._last = (key, read_volume(path, allow_non_ct=self.allow_non_ct))
         return self._last[1]
 
+    def spacing(self, path: str | Path) -> tuple[float, float, float]:
+        """Return the voxel size ``(sd, sh, sw)`` in mm of an image as read."""
+        sd, sh, sw = (float(v) for v in self.volume(path).spacing)
+        return (sd, sh, sw)
+
     def load_image(self, path: str | Path) -> Any:
         """Return the normalised ``(1, D, H, W)`` float32 image.
 

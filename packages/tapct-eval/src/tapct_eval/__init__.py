@@ -1,10 +1,13 @@
 """tapct_eval: frozen-feature evaluation of 3D encoders (TAP-CT paper section 3.3, App. C).
 
 Needs only the backbone interface (``.patch_size``, ``.embed_dim``, DINOv2's
-``forward_features`` or ``get_intermediate_layers``), so any encoder can be benchmarked.
+``forward_features`` or ``get_intermediate_layers``) or the encoder protocol of
+:mod:`tapct_eval.encoders` (timm 2D models slice by slice, MONAI encoders, any callable),
+so any encoder can be benchmarked.
 """
 
 from .abmil import ABMIL, ABMILTrainingConfig, predict_abmil, train_abmil
+from .encoders import Encoder, EncoderOutput, Preprocessing, as_encoder, create_encoder
 from .features import ExtractedFeatures, FeatureExtractor, extract_features
 from .figures import (
     pca_rgb,
@@ -80,6 +83,8 @@ __all__ = [
     "CasePrediction",
     "ClassificationCase",
     "ClipStats",
+    "Encoder",
+    "EncoderOutput",
     "ExtractedFeatures",
     "FeatureExtractor",
     "FoldSummary",
@@ -90,6 +95,7 @@ __all__ = [
     "LabelOverlap",
     "LinearSegmentationProbe",
     "LocalisationCase",
+    "Preprocessing",
     "ProbeTrainingConfig",
     "RegressionCase",
     "RetrievalCase",
@@ -100,9 +106,11 @@ __all__ = [
     "TaskFileError",
     "TaskKind",
     "UndefinedMetricWarning",
+    "as_encoder",
     "auc_score",
     "check_label_image",
     "clip_normalize",
+    "create_encoder",
     "dice_per_class",
     "evaluate_segmentation",
     "extract_features",

@@ -23,13 +23,13 @@ from typing import Any
 
 import attrs
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ._backbone import backbone_patch_size
+from .encoders import Encoder, as_encoder
 from .features import ExtractedFeatures, extract_features
 from .kinds import TASK_KINDS, BenchmarkResults, KindContext, Scan
 from .kinds.base import Ticker
+from .kinds.base import file_name as _file_name
 from .label_checks import prepare_label
 from .loading import IntensityStats, load_image_monai, load_label_monai
 from .task import BenchmarkTask, CaseError, load_task
@@ -42,30 +42,29 @@ SpacingLoader = Callable[[Path], Sequence[float]]
 Preprocess = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
 
 
-def _default_preprocess(task: BenchmarkTask) -> Preprocess:
-    def preprocess(image: torch.Tensor, label: torch.Tensor | None):
-        if task.in_plane_size is None:
-            return image, label
-        size = (image.shape[1], *task.in_plane_size)
-        image = F.interpolate(
-            image[None].float(), size=size, mode="trilinear", align_corners=False
-        )[0]
-        if label is not None:
-            label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
-        return image, label
-
-    return preprocess
+def _default_preprocess(task: BenchmarkTask, encoder: Encoder) -> Preprocess:
+    """In-plane resize to the encoder's size, else the task's (``Preprocessing.resize``)."""
+    prep = encoder.preprocessing
+    if prep.in_plane_size is None and task.in_plane_size is not None:
+        prep = attrs.evolve(prep, in_plane_size=task.in_plane_size)
+    return prep.resize
 
 
 def _cached_features(
-    model: nn.Module,
+    model: Encoder,
     image: torch.Tensor,
     cache: Path,
     task: BenchmarkTask,
     device: str,
     sw_batch_size: int,
+    roi: tuple[int, int, int],
 ) -> dict[str, torch.Tensor]:
-    key = {"roi_size": list(task.roi_size), "overlap": task.overlap, "shape": list(image.shape)}
+    key = {
+        "roi_size": list(roi),
+        "overlap": task.overlap,
+        "shape": list(image.shape),
+        "blend": [task.blend_mode, task.sigma_scale],
+    }
     if cache.is_file():
         stored = torch.load(cache, weights_only=True)
         if json.loads(bytes(stored["key"].tolist()).decode()) == key:
@@ -73,10 +72,13 @@ def _cached_features(
     feats: ExtractedFeatures = extract_features(
         model,
         image,
-        task.roi_size,
+        roi,
         overlap=task.overlap,
         sw_batch_size=sw_batch_size,
         device=device,
+        pad_value=model.preprocessing.pad_value,
+        mode=task.blend_mode,
+        sigma_scale=task.sigma_scale,
     )
     stored = {
         "patch_features": feats.load_patch_features(),
@@ -119,7 +121,7 @@ def _load_case(
 
 def run_benchmark(
     task: BenchmarkTask | str | Path,
-    model: nn.Module,
+    model: Encoder | nn.Module,
     output_dir: str | Path,
     *,
     seeds: Sequence[int] = (0, 1, 2),
@@ -134,12 +136,17 @@ def run_benchmark(
     figures: bool = True,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> BenchmarkResults:
-    """Run one benchmark task for one frozen backbone over several seeds.
+    """Run one benchmark task for one frozen encoder over several seeds.
 
     Args:
         task: a :class:`BenchmarkTask` or a task file path (see :func:`load_task`).
-        model: backbone with the DINOv2 interface (``.patch_size``, ``.embed_dim``,
-            ``forward_features``/``get_intermediate_layers``).
+        model: an :class:`~tapct_eval.encoders.Encoder` (our ViT, a timm model slice by
+            slice, a MONAI encoder, ...) or a backbone with the DINOv2 interface
+            (``.patch_size``, ``.embed_dim``, ``forward_features``/
+            ``get_intermediate_layers``). The sliding window is the task's ``roi_size``
+            as the encoder resolves it (``Preprocessing.resolve_window``: e.g. whole
+            resized slices for a 2D model, multiples of 32 for SwinUNETR), padded with
+            the encoder's air value.
         output_dir: where features (``features/<model_name>/``), ``results.json``,
             ``results.csv`` and ``figures/`` are written.
         seeds: one head is trained per seed; results are mean +- std over them.
@@ -153,9 +160,12 @@ def run_benchmark(
             in-plane resize by ``preprocess`` is accounted for.
         intensity: the clip/normalisation statistics the model was trained with
             (:class:`~tapct_eval.loading.ClipStats`, ``tapct_data.NormalizeConfig`` or
-            ``(lower, upper, mean, std)`` in HU); required when ``load_image`` is None.
+            ``(lower, upper, mean, std)`` in HU); default the encoder's
+            ``preprocessing.intensity``; one of them is required when ``load_image`` is
+            None.
         preprocess: ``(image, label | None) -> (image, label)`` applied after loading
-            (default: in-plane resize to ``task.in_plane_size`` when set, trilinear for the
+            (default: in-plane resize to the encoder's ``preprocessing.in_plane_size``,
+            else ``task.in_plane_size`` when set, trilinear for the
             image, nearest for labels). Pass ``lambda i, l: (i, l)`` to take loader outputs
             as final.
         device: where the backbone and heads run.
@@ -170,8 +180,8 @@ def run_benchmark(
         outputs).
 
     Raises:
-        ValueError: on empty seeds, or when neither ``load_image`` nor ``intensity`` is
-            given.
+        ValueError: on empty seeds, when neither ``load_image`` nor an intensity is
+            given, or when the window is not a multiple of the encoder's stride.
         CaseError: (a ValueError) on loader outputs with wrong shapes/grids and on a
             case the kind cannot use (e.g. a structure missing from its label map).
         TaskFileError: when ``task`` is a path to an invalid task file.
@@ -179,6 +189,10 @@ def run_benchmark(
     task = task if isinstance(task, BenchmarkTask) else load_task(task)
     if not seeds:
         raise ValueError("seeds must not be empty")
+    encoder = as_encoder(model)
+    roi = encoder.preprocessing.resolve_window(task.roi_size, encoder.stride)
+    if intensity is None:
+        intensity = encoder.preprocessing.intensity
     if load_image is None:
         if intensity is None:
             raise ValueError(
@@ -191,10 +205,10 @@ def run_benchmark(
             return load_image_monai(path, stats)
 
     load_label = load_label or load_label_monai
-    preprocess = preprocess or _default_preprocess(task)
+    preprocess = preprocess or _default_preprocess(task, encoder)
     name = model_name or type(model).__name__
     out = Path(output_dir)
-    cache_dir = out / "features" / name / task.name
+    cache_dir = out / "features" / _file_name(name) / task.name
 
     n_cases = len(task.train) + len(task.test)
     ticker = Ticker(progress, n_cases + (len(seeds) * task.steps if task.train else 0), task.steps)
@@ -224,7 +238,7 @@ def run_benchmark(
             )
             spacing = (sd, sh, sw)
         feats = _cached_features(
-            model, image, cache_dir / f"{scan_id}.pt", task, device, sw_batch_size
+            encoder, image, cache_dir / f"{scan_id}.pt", task, device, sw_batch_size, roi
         )
         ticker(f"features of {scan_id}")
         return Scan(
@@ -238,7 +252,7 @@ def run_benchmark(
         device=device,
         output_dir=out,
         figures=figures,
-        patch_size=backbone_patch_size(model),
+        patch_size=(int(encoder.stride[0]), int(encoder.stride[1]), int(encoder.stride[2])),
         scan=scan,
         ticker=ticker,
     )

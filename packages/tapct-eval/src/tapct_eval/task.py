@@ -9,6 +9,8 @@ task file)::
                                     #   | survival | retrieval | localisation
     roi_size: [12, 224, 224]        # required, window (d, h, w) in voxels
     overlap: 0.25                   # optional, [0, 1)
+    blend_mode: constant            # optional: constant | gaussian (MONAI SlidingWindowInferer)
+    sigma_scale: 0.125              # optional, gaussian width as a fraction of the ROI
     in_plane_size: [224, 224]       # optional: resize (z, H, W) -> (z, h, w) before features
     steps: 200                      # optional: optimizer steps of the head
     accumulation_steps: 4           # optional (paper C.1: 4 segmentation, 16 the others)
@@ -201,6 +203,8 @@ class BenchmarkTask:
         name: task name.
         kind: a key of :data:`tapct_eval.kinds.TASK_KINDS`.
         roi_size: sliding window ``(d, h, w)``.
+        blend_mode: ``constant`` or ``gaussian`` blending of overlapping windows.
+        sigma_scale: gaussian width as a fraction of the ROI (MONAI's ``sigma_scale``).
         train: training cases (the kind's case records; empty for retrieval).
         test: test cases.
         overlap: window overlap.
@@ -247,6 +251,8 @@ class BenchmarkTask:
     accumulation_steps: int = 4
     lr: float = 1e-2
     source: Path | None = None
+    blend_mode: str = "constant"
+    sigma_scale: float = 0.125
 
 
 def _err(path: Path, key: str, message: str) -> TaskFileError:
@@ -455,6 +461,13 @@ def load_task(path: str | Path, *, case_id: Callable[[Path], str] | None = None)
     if not isinstance(overlap, int | float) or not 0 <= overlap < 1:
         raise _err(path, "overlap", f"must be in [0, 1), got {overlap!r}")
     in_plane = raw.get("in_plane_size")
+    blend_mode = raw.get("blend_mode", "constant")
+    if blend_mode not in ("constant", "gaussian"):
+        raise _err(path, "blend_mode", f"must be constant or gaussian, got {blend_mode!r}")
+    sigma_scale = raw.get("sigma_scale", 0.125)
+    number = isinstance(sigma_scale, int | float) and not isinstance(sigma_scale, bool)
+    if not number or sigma_scale <= 0:
+        raise _err(path, "sigma_scale", f"must be a positive number, got {sigma_scale!r}")
     common: dict[str, Any] = {
         "name": str(raw["name"]),
         "kind": kind,
@@ -465,6 +478,8 @@ def load_task(path: str | Path, *, case_id: Callable[[Path], str] | None = None)
         "accumulation_steps": raw.get("accumulation_steps", spec.accumulation_steps),
         "lr": float(raw.get("lr", spec.lr)),
         "source": path,
+        "blend_mode": blend_mode,
+        "sigma_scale": float(sigma_scale),
     }
     for key in ("steps", "accumulation_steps"):
         if not isinstance(common[key], int) or common[key] < 1:

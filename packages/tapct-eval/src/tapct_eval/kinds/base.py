@@ -22,8 +22,14 @@ __all__ = [
     "Scan",
     "TaskKind",
     "Ticker",
+    "file_name",
     "patch_mask",
 ]
+
+
+def file_name(name: str) -> str:
+    """A model name usable in file names (``timm:vit_s`` -> ``timm_vit_s``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 class Ticker:
@@ -126,7 +132,8 @@ class KindContext:
 
     def figure_path(self, suffix: str) -> Path:
         """``output_dir/figures/<task>_<model>_<suffix>.png``."""
-        return self.output_dir / "figures" / f"{self.task.name}_{self.model_name}_{suffix}.png"
+        model = file_name(self.model_name)
+        return self.output_dir / "figures" / f"{self.task.name}_{model}_{suffix}.png"
 
 
 @attrs.frozen
