@@ -58,6 +58,12 @@ def test_checkpoint_contents_and_export(tiny_config, tmp_path):
     for k, v in model.state_dict().items():
         assert torch.equal(v, teacher[k]), k
     assert (tmp_path / "run" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    # the export at the end of the run carries the same model card as `tapct export`
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(result.model_dir / "README.md")
+    assert card.data.library_name == "tapct_vit3d" and "tap_nano_3d" in card.data.tags
+    assert "samples seen" in card.text and "4" in card.text
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["iterations_done"] == 2 and summary["first_loss"] > 0
 

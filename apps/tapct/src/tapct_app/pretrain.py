@@ -318,6 +318,7 @@ def export_command(checkpoint: Path, output: Path, which: str, console: Any) -> 
     from tapct_app.outputs import atomic_output_dir, check_output
     from tapct_app.train.build import build_backbone
     from tapct_app.train.checkpoint import latest_checkpoint, load_checkpoint
+    from tapct_app.train.model_card import model_card
 
     if which not in ("teacher", "student"):
         raise UserError(f"--which {which!r}: expected teacher or student")
@@ -339,40 +340,12 @@ def export_command(checkpoint: Path, output: Path, which: str, console: Any) -> 
     prefix = "backbone."
     weights = {k[len(prefix) :]: v for k, v in state[which].items() if k.startswith(prefix)}
     backbone.load_state_dict(weights, strict=True)
-    card = {
-        "base_model": cfg.model.init,
-        "training": config_to_dict(cfg),
-        "data": _data_statistics(cfg, state, path.parent.parent),
-        "tags": [cfg.model.name, f"{which}-backbone"],
-        "title": output.name,
-    }
+    card = model_card(
+        cfg, int(state["iteration"]), int(state.get("samples_seen", 0)), path.parent.parent,
+        which=which, title=output.name,
+    )  # fmt: skip
     with atomic_output_dir(output) as tmp:
         backbone.save_pretrained(tmp, metadata=model_metadata(cfg.data.normalize),
                                  model_card=card)
     console.print(f"exported the {which} backbone of {path} (iteration {state['iteration']}) "
                   f"to {output}/ (model.safetensors, config.json, README.md model card)")
-
-
-def _data_statistics(cfg: PretrainConfig, state: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """The model card's data table: sources, scans, samples seen, slab, crops, intensities."""
-    from tapct_data import is_zarr_store, open_stores
-
-    n = cfg.data.normalize
-    stats: dict[str, Any] = {
-        "sources": ", ".join(cfg.data.sources) or "built-in CT phantoms (demo)",
-        "iterations trained": f"{int(state['iteration'])} of {cfg.train.iterations}",
-        "samples seen": int(state.get("samples_seen", 0)),
-        "slab (slices x H0 x W0)": f"{cfg.data.slab_depth} x {cfg.data.in_plane_size[0]} x "
-                                   f"{cfg.data.in_plane_size[1]}",
-        "global / local crops (D, H, W)": f"{tuple(cfg.crops.global_crops_size)} / "
-                                          f"{tuple(cfg.crops.local_crops_size)}",
-        "intensity window (HU)": f"[{n.lower}, {n.upper}], mean {n.mean}, std {n.std}",
-    }
-    stores = [Path(s) for s in cfg.data.sources if is_zarr_store(Path(s))]
-    stores += sorted((run_dir / "cache").glob("*.zarr"))
-    try:
-        if stores:
-            stats["scans (in the stores)"] = len(open_stores(stores))
-    except (OSError, ValueError):
-        pass  # stores moved since training: the sources above still say what was used
-    return stats

@@ -549,8 +549,12 @@ def _finish(
     if dist.is_main:
         if run.iteration == total:
             from tapct_app.intensity import model_metadata
+            from tapct_app.train.model_card import model_card
 
-            model_dir = export_teacher(objective, output, model_metadata(config.data.normalize))
+            card = model_card(config, run.iteration, run.samples_seen, output)
+            model_dir = export_teacher(
+                objective, output, model_metadata(config.data.normalize), card
+            )
         plot_loss_curve(read_metrics(output / "metrics.jsonl"), output / "loss_curve.png")
         summary = {
             "start_iteration": start,

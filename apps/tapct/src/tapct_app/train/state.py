@@ -158,7 +158,10 @@ def restore_run_state(
 
 
 def export_teacher(
-    objective: DINOv2Objective, output: Path, metadata: dict[str, Any] | None = None
+    objective: DINOv2Objective,
+    output: Path,
+    metadata: dict[str, Any] | None = None,
+    model_card: dict[str, Any] | None = None,
 ) -> Path:
     """Write the teacher backbone with ``save_pretrained`` to ``output/model`` atomically.
 
@@ -167,6 +170,8 @@ def export_teacher(
         output: The run directory.
         metadata: Extra ``config.json`` entries (the intensity normalisation,
             ``tapct_app.intensity.model_metadata``).
+        model_card: ``save_pretrained``'s model card (``tapct_app.train.model_card``), or
+            None for no ``README.md``.
 
     Returns:
         ``output/model``.
@@ -184,7 +189,7 @@ def export_teacher(
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".model.tmp-", dir=output))
     try:
-        backbone.save_pretrained(tmp, metadata=metadata)
+        backbone.save_pretrained(tmp, metadata=metadata, model_card=model_card)
         if target.exists():
             shutil.rmtree(target)
         tmp.replace(target)
