@@ -86,11 +86,11 @@ def benchmark_command(
     from tapct_app.progress import CommandProgress
     from tapct_app.readers import ScanLoaders
 
-    if output is not None:
-        check_output(output, "folder")
     models = [model] if isinstance(model, str) else list(model)
     if not models:
         raise UserError("--model: give at least one model")
+    if output is not None:
+        check_output(output, "folder", owned_by=_OWNED_BY[len(models) > 1])
     if not task_file.is_file():
         raise UserError(f"{task_file}: no such task file")
     if not seeds:
@@ -112,7 +112,9 @@ def benchmark_command(
                 f"{task_file}: roi_size {task.roi_size} does not fit --model {spec}: {exc}"
             ) from exc
         encoders.append((spec, encoder))
-    output = check_output(output or Path("runs/benchmark") / task.name, "folder")
+    output = check_output(
+        output or Path("runs/benchmark") / task.name, "folder", owned_by=_OWNED_BY[len(models) > 1]
+    )  # fmt: skip
     all_results = []
     # One step of progress: the features of one scan, or one optimizer step of a head.
     with (
@@ -152,6 +154,11 @@ def benchmark_command(
             f"{list(seeds)} -> {output}/"
         )
     return all_results[0] if len(all_results) == 1 else all_results
+
+
+#: The file a benchmark results folder holds: one model's results.json, or the
+#: comparison.csv of several (``check_output(owned_by=...)``).
+_OWNED_BY = {False: "results.json", True: "comparison.csv"}
 
 
 def _dir_name(name: str) -> str:

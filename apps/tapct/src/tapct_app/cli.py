@@ -166,6 +166,9 @@ def _runtime_policy() -> None:
         print(f"tapct: warning: {text}", file=file or sys.stderr)
 
     if not _STATE["debug"]:
+        # huggingface_hub logs each failed request (and retries) at WARNING; the failure
+        # itself reaches the user as the command's one error line.
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
         warnings.showwarning = show
         # Known noisy third-party warnings that say nothing to a user of the CLI.
         warnings.filterwarnings("ignore", category=FutureWarning, module="monai")

@@ -333,15 +333,39 @@ def _save_features(feats: Any, path: Path, fmt: str) -> None:
     group.attrs["format"] = EMBED_FORMAT
 
 
-def _write_skipped(output: Path, skipped: Sequence[tuple[str, str]]) -> None:
-    """``skipped.jsonl`` (one ``{"path", "reason"}`` per line); removed when none."""
+def _write_skipped(
+    output: Path, skipped: Sequence[tuple[str, str]], read_now: Sequence[str] = ()
+) -> None:
+    """Merge this run's skips into ``skipped.jsonl`` (one ``{"path", "reason"}`` a line).
+
+    Like ``manifest.json``, the file covers every run into the folder: earlier entries
+    stay, except those of paths this run read again (embedded now, or skipped again with
+    the reason of now) and those whose file is gone. Removed when nothing is left.
+
+    Args:
+        output: The embedding folder.
+        skipped: This run's ``(path, reason)`` pairs.
+        read_now: Source paths this run embedded.
+    """
     from tapct_app.outputs import atomic_write_bytes
 
     path = output / "skipped.jsonl"
-    if not skipped:
+    fresh = {p for p, _ in skipped} | set(read_now)
+    kept: list[tuple[str, str]] = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn line of a killed run
+            old = row.get("path") if isinstance(row, dict) else None
+            if old is not None and old not in fresh and Path(old).exists():
+                kept.append((str(row.get("path")), str(row.get("reason"))))
+    merged = [*kept, *skipped]
+    if not merged:
         path.unlink(missing_ok=True)
         return
-    lines = [json.dumps({"path": p, "reason": r}) for p, r in skipped]
+    lines = [json.dumps({"path": p, "reason": r}) for p, r in merged]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
@@ -465,6 +489,7 @@ def embed_command(
     done = [s for s in sources if manifest.is_done(s, sid)]
     todo = [s for s in sources if not manifest.is_done(s, sid)]
     embedded: list[str] = []
+    embedded_paths: list[str] = []
     skipped: list[tuple[str, str]] = list(walk_skipped)
     progress = CommandProgress(console, "embed").start()
     progress(0, len(todo), line=False)
@@ -496,6 +521,7 @@ def embed_command(
             entry = _commit_scan(output, source, scan, feats, fmt, patch, pca, sid)
             manifest.commit(entry, sid, settings)
             embedded.append(source.name)
+            embedded_paths.append(str(source))
             fault_point("embed.after_scan")
             progress.advance(
                 f"{source}: volume {tuple(entry['volume_shape'])} -> features "
@@ -515,7 +541,7 @@ def embed_command(
         first, reason = skipped[0] if skipped else ("", "no scans given")
         more = f" ({len(skipped) - 1} more skipped)" if len(skipped) > 1 else ""
         raise UserError(f"{first}: {reason}; nothing embedded{more}")
-    _write_skipped(output, skipped)
+    _write_skipped(output, skipped, embedded_paths)
     report = EmbedReport(output, tuple(embedded), tuple(s.name for s in done), tuple(skipped))
     console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)
     return report

@@ -3,7 +3,7 @@
 ``--model`` takes
 
 - ``timm:NAME[:key=value,...]``: a timm 2D model applied slice by slice (random
-  weights; options go to ``timm.create_model``, plus ``hu_min``/``hu_max``);
+  weights, seeded; options go to ``timm.create_model``, plus ``hu_min``/``hu_max``);
 - ``monai:NAME[:key=value,...]``: a MONAI network's encoder (``SwinUNETR``,
   ``SegResNet``, ``UNet``; random weights; options go to the constructor, plus
   ``level``, ``hu_min``, ``hu_max``);
@@ -71,8 +71,11 @@ def load_encoder(spec: str, device: Any = "cpu", intensity_stats: Path | None = 
         stats = model_normalize(spec, intensity_stats)
         intensity = (stats.lower, stats.upper, stats.mean, stats.std)
         return BackboneEncoder(backbone, Preprocessing(intensity=intensity)).eval()
+    from tapct_app.models import seeded_init
+
     try:
-        encoder = create_encoder(parsed)
+        with seeded_init():  # random weights: the same network on every call
+            encoder = create_encoder(parsed)
     except (ValueError, TypeError, ImportError) as exc:
         raise UserError(f"--model {spec}: {one_line(exc)}") from exc
     if intensity_stats is not None:

@@ -57,12 +57,10 @@ def models_command(console: Any) -> None:
     """
     from rich.table import Table
 
-    table = Table(title="tapct_vit3d presets (TAP-CT Table 3 + CPU sizes)")
-    for col in ("name", "patch (d,h,w)", "input (D,H,W)", "width/depth/heads", "params",
-                "tokens/window", "tokens (300,224,224)"):
-        table.add_column(col, justify="left" if col == "name" else "right")
-    for r in model_rows():
-        table.add_row(
+    header = ("name", "patch (d,h,w)", "input (D,H,W)", "width/depth/heads", "params",
+              "tokens/window", "tokens (300,224,224)")  # fmt: skip
+    rows = [
+        (
             r["name"],
             "x".join(map(str, r["patch"])),
             "x".join(map(str, r["input"])),
@@ -71,4 +69,16 @@ def models_command(console: Any) -> None:
             f"{r['tokens']:,}",
             f"{r['tokens_300']:,}",
         )
-    console.print(table)
+        for r in model_rows()
+    ]
+    table = Table(title="tapct_vit3d presets (TAP-CT Table 3 + CPU sizes)")
+    for i, col in enumerate(header):
+        # Never shorten a cell: the names are what users copy (rich would cut them to
+        # "tap_nano…" in a pipe or an 80-column terminal).
+        width = max(len(col), *(len(row[i]) for row in rows))
+        table.add_column(col, justify="left" if i == 0 else "right", min_width=width,
+                         no_wrap=True)  # fmt: skip
+    for row in rows:
+        table.add_row(*row)
+    width = sum(c.min_width or 0 for c in table.columns) + 3 * len(header) + 1
+    console.print(table, width=max(console.width, width))

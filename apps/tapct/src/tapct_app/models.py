@@ -11,6 +11,8 @@ network is never used and a model missing from the cache is a one-line error.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +23,41 @@ from tapct_app.errors import UserError, one_line
 if TYPE_CHECKING:
     from tapct_vit3d import LoadReport, VisionTransformer3d
 
-__all__ = ["check_init_source", "init_backbone", "init_pretraining", "load_backbone"]
+__all__ = [
+    "RANDOM_INIT_SEED",
+    "check_init_source",
+    "init_backbone",
+    "init_pretraining",
+    "load_backbone",
+    "seeded_init",
+]
 
 # SafetensorError: a truncated or garbage model.safetensors (header or data shorter than
 # it says).
 _LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError)
+
+
+#: Seed of the random weights of a preset (or a timm/MONAI encoder) named as ``--model``:
+#: a random baseline is the same network on every call, so ``embed`` resumes and
+#: ``benchmark`` seeds reproduce.
+RANDOM_INIT_SEED = 0
+
+
+@contextmanager
+def seeded_init(seed: int = RANDOM_INIT_SEED) -> Iterator[None]:
+    """Build random weights from ``seed`` without touching the caller's random state.
+
+    Args:
+        seed: The seed of the initialisation.
+
+    Yields:
+        Nothing; models built inside get the same weights on every call.
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def load_backbone(spec: str, device: Any = "cpu") -> tuple[VisionTransformer3d, dict[str, Any]]:
@@ -34,7 +66,8 @@ def load_backbone(spec: str, device: Any = "cpu") -> tuple[VisionTransformer3d, 
     Order: an existing local path (a ``save_pretrained`` folder or a weights file:
     ``.safetensors``, or a state dict ``.pth``/``.pt``/``.bin`` read with
     ``torch.load(weights_only=True)``), then a ``tapct_vit3d`` preset name (random
-    weights, a baseline: warned), then a hub id ``owner/name``.
+    weights from :data:`RANDOM_INIT_SEED`, the same on every call: a baseline, warned),
+    then a hub id ``owner/name``.
 
     Args:
         spec: The ``--model`` value.
@@ -65,15 +98,23 @@ def load_backbone(spec: str, device: Any = "cpu") -> tuple[VisionTransformer3d, 
             model = load_pretrained(path, map_location="cpu")
             metadata = read_model_metadata(path)
         except _LOAD_ERRORS as exc:
-            raise UserError(f"{path}: cannot load a model: {one_line(exc)}") from exc
+            hint = ""
+            if path.is_file() and path.suffix == ".pt":
+                hint = (
+                    "; a training checkpoint? export its backbone first: "
+                    "tapct export RUN_OR_CHECKPOINT -o MODEL_DIR"
+                )
+            raise UserError(f"{path}: cannot load a model: {one_line(exc)}{hint}") from exc
     elif spec in list_models():
         warnings.warn(
-            f"--model {spec}: a preset name gives RANDOM weights (a baseline); pass the "
-            "folder written by `tapct pretrain` (OUTPUT/model) for a trained encoder",
+            f"--model {spec}: a preset name gives RANDOM weights (a baseline, seeded: the "
+            "same on every call); pass the folder written by `tapct pretrain` "
+            "(OUTPUT/model) for a trained encoder",
             UserWarning,
             stacklevel=2,
         )
-        model, metadata = create_model(spec), {}
+        with seeded_init():
+            model, metadata = create_model(spec), {}
     elif is_hub_id(spec):
         try:
             model = load_pretrained(spec, map_location="cpu")

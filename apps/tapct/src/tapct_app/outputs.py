@@ -22,7 +22,10 @@ __all__ = ["atomic_output_dir", "atomic_write_bytes", "check_output"]
 
 
 def check_output(
-    path: str | Path, kind: Literal["folder", "file"], option: str = "-o"
+    path: str | Path,
+    kind: Literal["folder", "file"],
+    option: str = "-o",
+    owned_by: str | None = None,
 ) -> Path:
     """Refuse an output path that cannot become what the command writes; nothing is touched.
 
@@ -32,6 +35,10 @@ def check_output(
         path: The output the user named.
         kind: ``"folder"`` (a run, store or results folder) or ``"file"`` (a JSON or CSV).
         option: The option's name, for the message (``-o``, ``--list-file``).
+        owned_by: For a folder the command replaces entries of (``export``, ``benchmark``,
+            ``retrieve``, ``pretrain``): a file only its own output holds (e.g.
+            ``model.safetensors``). An existing folder with visible entries but without it
+            is someone else's and is refused, so a user's files are never replaced.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -39,11 +46,20 @@ def check_output(
     Raises:
         UserError: ``"<path>: exists and is not a folder (-o needs a folder)"``, ``"<path>:
             is a folder (-o needs a file name, e.g. <path>/stats.json)"``, or ``"<path>:
-            <ancestor> is a file, not a folder"`` when a parent cannot be created.
+            <ancestor> is a file, not a folder"`` when a parent cannot be created, or
+            ``"<path>: holds other files (not an output of this command) ..."``.
     """
     path = Path(path)
     if kind == "folder" and path.exists() and not path.is_dir():
         raise UserError(f"{path}: exists and is not a folder ({option} needs a folder)")
+    if kind == "folder" and owned_by is not None and path.is_dir():
+        visible = [p.name for p in path.iterdir() if not p.name.startswith(".")]
+        if visible and owned_by not in visible:
+            shown = ", ".join(sorted(visible)[:3]) + (", ..." if len(visible) > 3 else "")
+            raise UserError(
+                f"{path}: holds other files ({shown}) and no {owned_by}, so it is not an "
+                f"output of this command; choose a new or empty folder for {option}"
+            )
     if kind == "file" and path.is_dir():
         raise UserError(
             f"{path}: is a folder ({option} needs a file name, e.g. {path / 'out.json'})"

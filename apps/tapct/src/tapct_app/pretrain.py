@@ -322,7 +322,7 @@ def export_command(checkpoint: Path, output: Path, which: str, console: Any) -> 
 
     if which not in ("teacher", "student"):
         raise UserError(f"--which {which!r}: expected teacher or student")
-    check_output(output, "folder")
+    check_output(output, "folder", owned_by="model.safetensors")
     path = checkpoint
     if checkpoint.is_dir():
         found = latest_checkpoint(checkpoint / "checkpoints") or latest_checkpoint(checkpoint)

@@ -71,7 +71,7 @@ def retrieve_command(
     from tapct_app.scans import check_inputs_exist
 
     check_inputs_exist([query_scan, query_mask, target_scan])
-    check_output(output, "folder")
+    check_output(output, "folder", owned_by="retrieval.json")
     if top_k < 1:
         raise UserError(f"--top-k {top_k}: must be >= 1")
     try:
@@ -105,17 +105,26 @@ def retrieve_command(
             patch_size=patch, title=f"{target_scan.name}: similarity to the lesion of "
             f"{query_scan.name}",
         )
-        matches: list[dict[str, Any]] = [
-            {
+        affine = loaders.volume(target_scan).affine  # (d, h, w, 1) -> LPS mm
+        matches: list[dict[str, Any]] = []
+        for i, (pos, score) in enumerate(
+            zip(result.positions.tolist(), result.scores.tolist(), strict=True)
+        ):
+            start = [int(v) * p for v, p in zip(pos, patch, strict=True)]
+            centre = [s + (p - 1) / 2 for s, p in zip(start, patch, strict=True)]
+            world = affine @ [*centre, 1.0]
+            matches.append({
                 "rank": i + 1,
                 "patch": [int(v) for v in pos],
-                "voxel_start": [int(v) * p for v, p in zip(pos, patch, strict=True)],
+                "voxel_start": start,
                 "voxel_size": list(patch),
+                "centre_lps_mm": [round(float(v), 2) for v in world[:3]],
                 "cosine": float(score),
-            }
-            for i, (pos, score) in enumerate(zip(result.positions.tolist(), result.scores.tolist()))
-        ]
+            })  # fmt: skip
         info = {
+            "axes": "patch and voxel indices are (d, h, w) of the canonical array: d "
+            "inferior->superior, h anterior->posterior, w right->left (LPS, axial first); "
+            "centre_lps_mm is the patch centre in patient coordinates (DICOM LPS, mm)",
             "query_scan": str(query_scan),
             "query_mask": str(query_mask),
             "target_scan": str(target_scan),

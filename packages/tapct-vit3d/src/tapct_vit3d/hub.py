@@ -628,7 +628,8 @@ def write_model_card(
         f"| width / depth / heads | {config.get('embed_dim')} / {config.get('depth')} / "
         f"{config.get('num_heads')} |",
         f"| patch (pd, ph, pw) voxels | {patch} |",
-        f"| trained input (D, H, W) voxels | {img} |",
+        f"| positional-embedding grid: input (D, H, W) voxels | {img} (any multiple of the "
+        "patch works: the grid is interpolated; the training crops are in the data table) |",
         f"| register tokens | {config.get('num_register_tokens')} |", "",
         "## Usage", "",
         "```python",
