@@ -86,6 +86,7 @@ def test_slab_dataset_raw_hu_padding_resize_and_determinism(tmp_path):
             assert (x[0, 0] == -1024).all() and (x[0, 6:] == -1024).all()
             assert torch.equal(x[:, 1:6], store.read_slab(name, 0, 5, dtype=torch.int16))
     assert seen == {"scan0", "scan1", "scan2"}  # scan2 (40 x 24) resized to the canvas
+    assert ds.short_scans() == [("scan1", 5)]  # what the app names in its padding note
     other = PretrainSlabDataset(path, slab_depth=8, in_plane_size=(32, 32), seed=4)
     assert any(not torch.equal(ds[k], other[k]) for k in range(5))
     normed = PretrainSlabDataset(

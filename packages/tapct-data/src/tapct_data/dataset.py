@@ -115,6 +115,17 @@ class PretrainSlabDataset(Dataset[torch.Tensor]):
     def __len__(self) -> int:
         return 2**62
 
+    def short_scans(self) -> list[tuple[str, int]]:
+        """The scans with fewer slices than the slab, padded with ``pad_hu`` when drawn.
+
+        Returns:
+            ``(name, slices)`` of each such scan, in store order.
+        """
+        return [
+            (n, int(d)) for n, d in zip(self._names, self._depths, strict=True)
+            if d < self.slab_depth
+        ]
+
     def _draw(self, index: int) -> tuple[str, int, int]:
         rng = np.random.default_rng([self.seed, int(index)])
         if self.scan_weighting == "uniform":

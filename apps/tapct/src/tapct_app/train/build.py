@@ -301,7 +301,7 @@ def build_data(
         UserError: If a source is missing, or a scan cannot be converted with
             ``data.on_error: stop``.
     """
-    from tapct_data import PretrainSlabDataset, is_zarr_store
+    from tapct_data import AIR_HU, PretrainSlabDataset, is_zarr_store
 
     cache = output / "cache"
     sources: list[str] = list(config.data.sources)
@@ -340,6 +340,15 @@ def build_data(
         normalize=None,
         seed=config.seed,
     )
+    short = dataset.short_scans()
+    if short and console is not None and dist.is_main:
+        names = ", ".join(f"{n} ({d})" for n, d in short[:3]) + (", ..." if len(short) > 3 else "")
+        console.print(
+            f"note: {len(short)} of {len(dataset.store)} scans have fewer slices than the "
+            f"slab ({config.data.slab_depth}): {names}; their slabs are padded with air "
+            f"({AIR_HU} HU); --exclude them or lower data.slab_depth",
+            style="yellow", markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
     return dataset, store
 
 
