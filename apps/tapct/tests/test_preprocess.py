@@ -27,7 +27,8 @@ def test_preprocess_skips_reports_and_resumes(tmp_path, capsys):
     assert [r["path"] for r in rows] == [str(bad)]
     assert rows[0]["reason"].startswith("cannot read NIfTI")
     assert main(args) == 0  # a rerun: nothing to do, the same report
-    assert "3 of them already done" in capsys.readouterr().out
+    rerun = capsys.readouterr().out.strip().splitlines()[-1]
+    assert rerun == f"0 scans written, 3 already done, 1 skipped (see {store / 'skipped.jsonl'})"
     # --on-error stop: the bad scan's one-line error, exit 2
     assert main([*args[:-2], "-o", str(tmp_path / "stop.zarr"), "--on-error", "stop"]) == 2
     assert capsys.readouterr().err.startswith(f"tapct: error: {bad}")

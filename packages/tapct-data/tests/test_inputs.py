@@ -143,6 +143,31 @@ def test_series_split_over_two_folders_is_one_scan(shared_data, tmp_path):
     assert read_scan(listing_scan).shape == (3, 512, 512)
 
 
+def test_copies_of_one_series_in_two_folders_are_two_scans(shared_data, tmp_path):
+    """Two copies (same SOPInstanceUIDs) are not merged into one series of duplicates."""
+    src = shared_data / "ct/ct_3slice_dicom"
+    _copy_series(src, tmp_path / "dup/a")
+    _copy_series(src, tmp_path / "dup/b")
+    scans = expand_inputs(tmp_path / "dup").scans
+    uid = _uid_of(src)
+    assert [s.name for s in scans] == [f"a_{_h(uid)}", f"b_{_h(uid)}"]
+    for scan, folder in zip(scans, ("a", "b"), strict=True):
+        assert scan.path == tmp_path / "dup" / folder and scan.series_uid == uid
+        assert [f.parent.name for f in scan.files] == [folder] * 3
+        assert read_scan(scan).shape == (3, 512, 512)
+
+
+def test_two_encodings_of_one_series_are_two_scans(shared_data, tmp_path):
+    """JPEG-LS and RLE exports of one series (one UID, same positions): one scan each."""
+    for name in ("dicom_jpegls_mr", "dicom_rle_mr"):
+        _copy_series(shared_data / "robustness" / name, tmp_path / "mr" / name)
+    scans = expand_inputs(tmp_path / "mr").scans
+    uid = _uid_of(shared_data / "robustness/dicom_rle_mr")
+    assert [s.name for s in scans] == [f"dicom_jpegls_mr_{_h(uid)}", f"dicom_rle_mr_{_h(uid)}"]
+    assert [len(s.files) for s in scans] == [4, 4]
+    assert [s.path.name for s in scans] == ["dicom_jpegls_mr", "dicom_rle_mr"]
+
+
 def test_dicom_without_extension_and_single_file_inputs(shared_data, tmp_path):
     _copy(shared_data / "ct/ct_small_slice.dcm", tmp_path / "dir/IM0001")
     listing = expand_inputs(tmp_path / "dir")

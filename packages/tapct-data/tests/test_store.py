@@ -22,6 +22,7 @@ from tapct_data import (
     ZarrStoreCollection,
     ZarrVolumeStore,
     build_zarr_store,
+    expand_inputs,
     open_stores,
     read_scan,
     read_volume,
@@ -261,3 +262,18 @@ def test_open_reads_no_per_scan_file(tmp_path, monkeypatch):
     opened.clear()
     assert ZarrVolumeStore(path).shape("scan1") == (5, 24, 20)
     assert sum(Path(f).parent.name == "_index" for f in opened) == 3
+
+
+def test_pool_warnings_reach_the_parent_not_the_worker_stderr(tmp_path, shared_data, capfd):
+    """A reader's warning in a pool worker is re-emitted in this process (the app's
+    policy formats it), never printed raw (file:line + source line) by the worker."""
+    from tapct_data.errors import DicomGeometryWarning
+
+    tilt = shared_data / "robustness/dicom_gantry_tilt_14deg"
+    plain = shared_data / "ct/ct_3slice_dicom"  # a second scan: a pool of 2 runs
+    listing = expand_inputs([tilt, plain])
+    with pytest.warns(DicomGeometryWarning, match=r"gantry tilt of 14\.00 degrees"):
+        report = build_zarr_store(listing, tmp_path / "s.zarr", workers=2)
+    assert len(report.written) == 2
+    err = capfd.readouterr().err
+    assert "DicomGeometryWarning" not in err and "gantry tilt" not in err

@@ -50,7 +50,8 @@ def preprocess_command(
     after ``kill -9``), and bad scans are listed in ``STORE/skipped.jsonl``. Progress:
     a bar with scans/s and ETA on a terminal, a plain line per ~5 % of the scans
     otherwise (``tapct_app.progress.CommandProgress``). Ends with ``N scans written, M
-    skipped (see STORE/skipped.jsonl)``. User paths are printed literally (no markup).
+    skipped (see STORE/skipped.jsonl)`` (``, K already done`` after N on a rerun). User
+    paths are printed literally (no markup).
 
     Args:
         inputs: Scan files, folders or list files.

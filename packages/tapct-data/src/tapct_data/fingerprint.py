@@ -27,6 +27,7 @@ import attrs
 import numpy as np
 import torch
 
+from ._workers import call_capturing_warnings
 from .inputs import ScanSource, Skipped, skip_reason
 from .normalize import NormalizeConfig
 from .volume import Volume
@@ -339,11 +340,19 @@ def compute_fingerprint(
             collect(a[0], outcome)
     else:
         with ProcessPoolExecutor(min(workers, len(items)), mp_context=_mp_context()) as pool:
-            futures = [pool.submit(_scan_stats, *a) for a in args]
+            # warnings come back with each result, shown here (the app's policy)
+            futures = [pool.submit(call_capturing_warnings, _scan_stats, *a) for a in args]
             try:
                 for a, future in zip(args, futures, strict=True):
-                    error = future.exception()
-                    collect(a[0], error if error is not None else future.result())
+                    error = future.exception()  # the pool's own failure (a dead worker)
+                    if error is not None:
+                        outcome = error
+                    else:
+                        try:
+                            outcome = future.result().unwrap()
+                        except Exception as exc:  # the scan's error: skip-and-report
+                            outcome = exc
+                    collect(a[0], outcome)
             except BaseException:
                 for f in futures:
                     f.cancel()

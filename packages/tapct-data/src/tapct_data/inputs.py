@@ -13,8 +13,11 @@ Rules (each one is tested):
   UID) get one header read (``stop_before_pixels``, no pixel data) and count as DICOM
   when real DICOM tags are found (with or without the 128-byte preamble). DICOM image
   files anywhere below the folder are grouped into series by ``SeriesInstanceUID``
-  (two series in one folder are two scans; a series split over folders is one scan). An
-  empty or missing UID groups by folder. Inside one group, files that differ in
+  (two series in one folder are two scans; a series split over folders is one scan).
+  When folders hold copies of the same instances (the same SOPInstanceUID, or the same
+  ImagePositionPatient in two folders: a copied series, or two encodings of it), the
+  group is split by folder, each copy a scan of its own. An empty or missing UID groups
+  by folder. Inside one group, files that differ in
   orientation or rows x columns are split into separate scans (as dcm2niix does); an
   Enhanced (multi-frame) file is a scan on its own. Hidden files and folders (``.name``)
   are ignored, as are files that are not images (``.txt``, ``.json``, ``.raw`` beside an
@@ -119,11 +122,13 @@ _LEFT_OUT_MODALITY = {
 }
 _HEADER_TAGS = [
     "SOPClassUID",
+    "SOPInstanceUID",
     "Modality",
     "SeriesInstanceUID",
     "ImageType",
     "Rows",
     "Columns",
+    "ImagePositionPatient",
     "ImageOrientationPatient",
     "NumberOfFrames",
 ]
@@ -350,6 +355,8 @@ class _DicomHeader:
     uid: str
     geometry: tuple[Any, ...]
     multiframe: bool
+    instance: str = ""  # SOPInstanceUID ("" when absent)
+    position: tuple[float, ...] = ()  # ImagePositionPatient in mm, to 0.01 mm (() if absent)
 
 
 def _read_header(entry: _Entry, walk: _Walk) -> _DicomHeader | None:
@@ -381,6 +388,8 @@ def _read_header(entry: _Entry, walk: _Walk) -> _DicomHeader | None:
         iop = tuple(round(float(v), 3) for v in _as_list(ds.get("ImageOrientationPatient")))
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+        instance = str(ds.get("SOPInstanceUID", "") or "").strip()
+        position = tuple(round(float(v), 2) for v in _as_list(ds.get("ImagePositionPatient")))
     except Exception as exc:
         if announced:
             walk.skipped.append(Skipped(str(entry.path), f"cannot parse DICOM header ({exc})"))
@@ -401,7 +410,7 @@ def _read_header(entry: _Entry, walk: _Walk) -> _DicomHeader | None:
     if why is not None:
         walk.left_out[why] += 1
         return None
-    return _DicomHeader(entry, uid, (rows, cols, iop), frames > 1)
+    return _DicomHeader(entry, uid, (rows, cols, iop), frames > 1, instance, position)
 
 
 def _past_columns(tag: Any, vr: Any, length: int) -> bool:
@@ -438,16 +447,46 @@ def _as_list(value: Any) -> list[Any]:
         return [value]
 
 
+def _copies_in_folders(members: list[_DicomHeader]) -> bool:
+    """True when two folders hold the same instance: copies of one series, not its parts.
+
+    The same SOPInstanceUID, or the same ImagePositionPatient (at one geometry), in files
+    of different folders: two copies of a series, or two encodings of it (JPEG-LS and RLE
+    exports), whose merge would hold every slice twice.
+    """
+    folders: dict[tuple[Any, ...], PurePosixPath] = {}
+    for h in members:
+        folder = h.entry.rel.parent
+        keys: list[tuple[Any, ...]] = [("sop", h.instance)] if h.instance else []
+        if h.position:
+            keys.append(("position", h.geometry, h.position))
+        for key in keys:
+            if folders.setdefault(key, folder) != folder:
+                return True
+    return False
+
+
 def _group_dicom(headers: list[_DicomHeader], walk: _Walk, root_name: str) -> None:
-    """Series by UID (by folder without one), split by geometry; one scan per group."""
-    by_key: dict[tuple[Any, ...], list[_DicomHeader]] = defaultdict(list)
+    """Series by UID (by folder without one), split by geometry; one scan per group.
+
+    A UID group whose folders hold copies of the same instances (`_copies_in_folders`)
+    is split by folder: each copy is a series of its own, named after its folder.
+    """
+    by_uid: dict[tuple[Any, ...], list[_DicomHeader]] = defaultdict(list)
     for h in headers:
         base: tuple[str, ...] = (
             ("uid", h.uid) if h.uid else ("folder", h.entry.rel.parent.as_posix())
         )
         if h.multiframe:
             base = (*base, "file", h.entry.rel.as_posix())
-        by_key[(h.entry.arg, base)].append(h)
+        by_uid[(h.entry.arg, base)].append(h)
+    by_key: dict[tuple[Any, ...], list[_DicomHeader]] = defaultdict(list)
+    for (arg, base), members in by_uid.items():
+        if base[0] == "uid" and len(members) > 1 and _copies_in_folders(members):
+            for h in members:
+                by_key[(arg, (*base, "in", h.entry.rel.parent.as_posix()))].append(h)
+        else:
+            by_key[(arg, base)] = members
     for (arg, base), members in by_key.items():
         by_geometry: dict[tuple[Any, ...], list[_DicomHeader]] = defaultdict(list)
         for h in members:

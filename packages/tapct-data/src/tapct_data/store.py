@@ -54,6 +54,7 @@ import numpy as np
 import torch
 import zarr
 
+from ._workers import Captured, call_capturing_warnings
 from .errors import IncompleteStoreWarning
 from .faults import fault_point
 from .formats import AIR_HU, is_zarr_store
@@ -260,7 +261,7 @@ def _died(source: ScanSource, exitcode: int | None) -> str:
 def _alone_main(task: _Task, conn: Any) -> None:
     """Entry of the process that retries one scan on its own (after a broken pool)."""
     _init_worker()
-    conn.send(_convert_one(task))
+    conn.send(call_capturing_warnings(_convert_one, task))
     conn.close()
 
 
@@ -270,17 +271,17 @@ def _run_alone(task: _Task, context: Any) -> _Outcome:
     process = context.Process(target=_alone_main, args=(task, send), daemon=True)
     process.start()
     send.close()
-    outcome: _Outcome | None = None
+    captured: Captured[_Outcome] | None = None
     try:
-        outcome = receive.recv()
+        captured = receive.recv()
     except EOFError:  # the process died before sending its outcome
         pass
     finally:
         receive.close()
         process.join()
-    if outcome is None:
+    if captured is None:
         return _Outcome(task.source, reason=_died(task.source, process.exitcode))
-    return outcome
+    return captured.unwrap()  # its warnings, shown here (the app's policy)
 
 
 def _run_pool(
@@ -292,12 +293,13 @@ def _run_pool(
         The tasks in flight when a worker died (the pool is then unusable), else ``[]``.
     """
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-        pending: dict[Future[_Outcome], _Task] = {}
+        pending: dict[Future[Captured[_Outcome]], _Task] = {}
         try:
             while True:
                 while queue and len(pending) < 2 * workers:
                     task = queue.popleft()
-                    pending[pool.submit(_convert_one, task)] = task
+                    # warnings come back with the outcome, shown here (the app's policy)
+                    pending[pool.submit(call_capturing_warnings, _convert_one, task)] = task
                 if not pending:
                     return []
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -305,7 +307,7 @@ def _run_pool(
                 for future in done:
                     task = pending.pop(future)
                     try:
-                        outcome = future.result()
+                        outcome = future.result().unwrap()
                     except BrokenProcessPool:
                         pending[future] = task
                         broken = True
@@ -316,7 +318,7 @@ def _run_pool(
                     suspects = []
                     for future, task in sorted(pending.items(), key=lambda i: i[1].source.name):
                         if future.exception() is None:
-                            yield future.result()
+                            yield future.result().unwrap()
                         else:
                             suspects.append(task)
                     pending.clear()

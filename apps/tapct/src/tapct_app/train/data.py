@@ -253,9 +253,14 @@ def build_store(
 
 
 def store_summary(report: Any) -> str:
-    """``N scans written, M skipped (see STORE/skipped.jsonl)`` for a `StoreReport`."""
-    n = len(report.written) + len(report.already_done)
-    text = f"{n} scans written, {len(report.skipped)} skipped (see {report.skipped_file})"
+    """What one build did: ``N scans written[, K already done], M skipped (see FILE)``.
+
+    ``N`` counts only the scans this call wrote; ``K`` (shown when not 0) the scans a
+    rerun found complete and kept, so a rerun with nothing new says ``0 scans written,
+    7 already done, ...``.
+    """
+    text = f"{len(report.written)} scans written"
     if report.already_done:
-        text += f"; {len(report.already_done)} of them already done"
+        text += f", {len(report.already_done)} already done"
+    text += f", {len(report.skipped)} skipped (see {report.skipped_file})"
     return text
