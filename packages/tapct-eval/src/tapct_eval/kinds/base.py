@@ -217,6 +217,8 @@ class TaskKind:
         accumulation_steps: default micro-batches per step.
         lr: default learning rate.
         summary: one line for documentation and ``--help``.
+        keys: the kind's own top-level task-file keys (besides
+            :data:`~tapct_eval.task.COMMON_KEYS`); any other key is refused.
     """
 
     parse: Callable[[Mapping[str, Any], ParseContext], dict[str, Any]]
@@ -224,6 +226,7 @@ class TaskKind:
     accumulation_steps: int
     lr: float
     summary: str
+    keys: tuple[str, ...]
 
 
 def patch_mask(

@@ -117,4 +117,5 @@ CLASSIFICATION = TaskKind(
     accumulation_steps=16,
     lr=1e-3,
     summary="ABMIL on window cls tokens; AUC",
+    keys=("csv", "task_type", "target_columns", "num_classes"),
 )
