@@ -72,8 +72,11 @@ def test_misspelled_key_of_a_valid_task_names_the_close_match(tmp_path):
     f.write_text(good + "steps: 5\n")
     assert load_task(f).steps == 5
     f.write_text(good + "stpes: 5\nbogus_key: 1\n")
-    with pytest.raises(TaskFileError, match=r"unknown keys 'stpes' \(did you mean steps\?\), "
-                       r"'bogus_key' for kind segmentation; known keys: name, kind, roi_size"):
+    with pytest.raises(
+        TaskFileError,
+        match=r"unknown keys 'stpes' \(did you mean steps\?\), "
+        r"'bogus_key' for kind segmentation; known keys: name, kind, roi_size",
+    ):
         load_task(f)
     f.write_text(good + "ignore_index: 255\nlabel_map: null\nclass_names: [bg, fg]\n")
     assert load_task(f).ignore_index == 255

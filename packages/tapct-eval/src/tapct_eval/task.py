@@ -79,6 +79,7 @@ import attrs
 import yaml
 
 __all__ = [
+    "COMMON_KEYS",
     "BenchmarkCase",
     "BenchmarkTask",
     "CaseError",
@@ -89,7 +90,6 @@ __all__ = [
     "RetrievalCase",
     "SegmentationCase",
     "SurvivalCase",
-    "COMMON_KEYS",
     "TaskFileError",
     "check_keys",
     "csv_cases",
