@@ -15,6 +15,7 @@ from .figures import (
     plot_pca_planes,
     plot_prediction_scatter,
     plot_retrieval_heatmap,
+    plot_roc_curves,
     plot_segmentation_overlay,
 )
 from .kinds import TASK_KINDS, CasePrediction, KindContext, Scan, TaskKind
@@ -130,6 +131,7 @@ __all__ = [
     "plot_pca_planes",
     "plot_prediction_scatter",
     "plot_retrieval_heatmap",
+    "plot_roc_curves",
     "plot_segmentation_overlay",
     "predict_abmil",
     "predict_segmentation",

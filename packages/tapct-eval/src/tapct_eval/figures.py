@@ -1,6 +1,6 @@
 """PNG figures: segmentation overlays (paper Fig. 4), retrieval heat maps (paper Fig. 2),
-prediction scatter plots (regression, survival), localisation markers and the PCA picture of
-patch features (``tapct embed``).
+prediction scatter plots (regression, survival), ROC curves (classification), localisation
+markers and the PCA picture of patch features (``tapct embed``).
 
 Matplotlib runs with the Agg backend (no display needed). Axial slices ``x[k]`` of the
 canonical ``(D, H, W)`` arrays display in the radiological convention (patient right on
@@ -26,6 +26,7 @@ __all__ = [
     "plot_pca_planes",
     "plot_prediction_scatter",
     "plot_retrieval_heatmap",
+    "plot_roc_curves",
     "plot_segmentation_overlay",
 ]
 
@@ -310,6 +311,64 @@ def plot_prediction_scatter(
         ax.plot([lo, hi], [lo, hi], color="grey", linewidth=1)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=8)
+    return _save(fig, path)
+
+
+def plot_roc_curves(
+    y_true: np.ndarray | torch.Tensor,
+    scores: np.ndarray | torch.Tensor,
+    path: str | Path,
+    *,
+    class_names: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write ROC curves (one per class or label, one-vs-rest) as a PNG.
+
+    Each curve is :func:`sklearn.metrics.roc_curve` of one column; its legend entry gives
+    the column's AUC (:func:`sklearn.metrics.roc_auc_score`). A column whose truth holds a
+    single class has no ROC curve and is listed as ``undefined``.
+
+    Args:
+        y_true: ``(n,)`` 0/1 truth (binary) or ``(n, K)`` 0/1 indicators (multi-label, or
+            a one-hot multi-class truth).
+        scores: ``(n,)`` positive-class scores or ``(n, K)`` per-column scores.
+        path: PNG file to write (parents are created).
+        class_names: ``K`` legend names (default ``class 0..K-1``; ``positive`` for one).
+        title: figure title.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: when ``y_true`` and ``scores`` differ in shape.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    y, s = _np(y_true), _np(scores).astype(np.float64)
+    y, s = (y[:, None] if y.ndim == 1 else y), (s[:, None] if s.ndim == 1 else s)
+    if y.shape != s.shape:
+        raise ValueError(f"y_true {y.shape} and scores {s.shape} differ")
+    k = y.shape[1]
+    names = (
+        list(class_names)
+        if class_names
+        else (["positive"] if k == 1 else [f"class {i}" for i in range(k)])
+    )
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=1, linestyle="--")
+    for i in range(k):
+        if len(np.unique(y[:, i])) < 2:
+            ax.plot([], [], label=f"{names[i]} (undefined)")
+            continue
+        fpr, tpr, _ = roc_curve(y[:, i], s[:, i])
+        ax.plot(fpr, tpr, label=f"{names[i]} (AUC {roc_auc_score(y[:, i], s[:, i]):.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(fontsize=7, loc="lower right")
     if title:
         ax.set_title(title, fontsize=8)
     return _save(fig, path)

@@ -18,8 +18,10 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
+from monai.data import ITKReader, MetaTensor, NibabelReader, NrrdReader, PydicomReader
+from monai.data.image_reader import ImageReader
 from monai.transforms import LoadImage, Orientation
+from monai.utils import optional_import
 
 from .label_checks import check_label_image
 
@@ -85,13 +87,60 @@ def clip_normalize(hu: torch.Tensor, stats: IntensityStats | Sequence[float]) ->
     return ((hu.float().clamp(lower, upper) - mean) / std).float()
 
 
+_NIFTI = (".nii", ".nii.gz")
+_NRRD = (".nrrd", ".nhdr")
+_META = (".mha", ".mhd")
+
+
+def _installed(module: str) -> bool:
+    return bool(optional_import(module)[1])
+
+
+def _reader(path: str | Path) -> type[ImageReader] | None:
+    """MONAI's reader class for ``path``'s file type, or None for MONAI's own choice.
+
+    MONAI's ``LoadImage`` without a reader hands a file to the first registered reader
+    that claims its suffix; with neither ``itk`` nor ``pynrrd`` installed PydicomReader
+    claims NRRD and MHA files and fails on them. The reader is therefore picked here:
+    NibabelReader for NIfTI, PydicomReader for a DICOM folder or ``.dcm`` file,
+    NrrdReader (``pynrrd``, a dependency) or ITKReader (``itk``) for NRRD, ITKReader for
+    MetaImage. Any other suffix is left to MONAI.
+
+    Raises:
+        ValueError: naming the file, its format and the package to install when no
+            installed reader handles it (MetaImage without ``itk``).
+    """
+    p = Path(path)
+    name = p.name.lower()
+    if p.is_dir() or name.endswith(".dcm"):
+        return PydicomReader
+    if name.endswith(_NIFTI):
+        return NibabelReader
+    if name.endswith(_NRRD):
+        if _installed("nrrd"):
+            return NrrdReader
+        if _installed("itk"):
+            return ITKReader
+        raise ValueError(
+            f"{path}: NRRD needs pynrrd (a tapct-eval dependency: pip install pynrrd) or itk"
+        )
+    if name.endswith(_META):
+        if _installed("itk"):
+            return ITKReader
+        raise ValueError(
+            f"{path}: MetaImage ({name.rsplit('.', 1)[-1]}) needs itk, which MONAI's "
+            "ITKReader reads it with (pip install itk); or convert it to NIfTI or NRRD"
+        )
+    return None
+
+
 def _load_canonical(path: str | Path) -> torch.Tensor:
     return _load_canonical_with_affine(path)[0]
 
 
 def _load_canonical_with_affine(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
     """``(1, D, H, W)`` canonical tensor and its ``(4, 4)`` voxel -> world affine (MONAI's)."""
-    image = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+    image = LoadImage(reader=_reader(path), image_only=True, ensure_channel_first=True)(str(path))
     if image.ndim != 4 or image.shape[0] != 1:
         raise ValueError(
             f"{path}: expected a single-channel 3D image, got shape {tuple(image.shape)}"
@@ -111,6 +160,11 @@ def load_image_monai(
 ) -> torch.Tensor:
     """Read a CT (NIfTI, NRRD, DICOM folder, ...) as a normalised canonical volume.
 
+    The MONAI reader follows the file type: NibabelReader (``.nii``, ``.nii.gz``),
+    PydicomReader (DICOM folder, ``.dcm``), NrrdReader (``.nrrd``, ``.nhdr``; pynrrd),
+    ITKReader (``.mha``, ``.mhd``; needs ``itk``, not a dependency); MONAI's own choice for
+    any other suffix.
+
     Args:
         path: image file or DICOM series folder.
         stats: the model's clip/normalisation statistics (see :func:`clip_normalize`);
@@ -120,7 +174,8 @@ def load_image_monai(
         ``(1, D, H, W)`` float32, LPS axial-first, clip-normalised with ``stats``.
 
     Raises:
-        ValueError: when the image is not single-channel 3D, or bad ``stats``.
+        ValueError: when the image is not single-channel 3D, bad ``stats``, or a format
+            whose reader is not installed (MetaImage without ``itk``; names the package).
         RuntimeError: when MONAI's meta tracking is off (no affine to orient by).
     """
     hu = _load_canonical(path)
@@ -131,14 +186,15 @@ def load_label_monai(path: str | Path, image_path: str | Path | None = None) -> 
     """Read a label map in the same canonical orientation as :func:`load_image_monai`.
 
     Args:
-        path: label file.
+        path: label file (the formats of :func:`load_image_monai`).
         image_path: the image it belongs to (its grid is checked when given).
 
     Returns:
         ``(D, H, W)`` int64 labels.
 
     Raises:
-        ValueError: when the label grid differs from the image's, or values are not integral.
+        ValueError: when the label grid differs from the image's, values are not integral,
+            or the format's reader is not installed (see :func:`load_image_monai`).
         LabelError: (a ValueError) when the label looks like an image, or does not lie on
             its image (see :func:`~tapct_eval.label_checks.check_label_image`).
 

@@ -1,8 +1,9 @@
 """Benchmark task files (YAML or JSON): schema, loading and validation.
 
 Every task names a ``kind``; each kind is one entry of :data:`tapct_eval.kinds.TASK_KINDS`
-(a parse function for its keys and a run function). Common keys (paths are relative to the
-task file)::
+(a parse function for its keys, the keys it declares and a run function). A key neither
+common nor the kind's own is refused (a misspelled ``stpes`` would otherwise leave the
+default in place). Common keys (paths are relative to the task file)::
 
     name: totalseg-small            # required, str
     kind: segmentation              # required: segmentation | classification | regression
@@ -53,6 +54,7 @@ Per kind:
          target: fu.nii.gz, target_label: fu_lesion.nii.gz}       # same lesion's mask
     label_value: 1                  # optional: the lesion's id in the masks (default: any > 0)
     top_k: [1, 5, 10]               # optional: hit rates reported
+    label_map: totalsegmentator_49  # optional, as for segmentation
 
 ``localisation`` (per-patch heat map + soft-argmax; centroid error in mm)::
 
@@ -67,6 +69,7 @@ Per kind:
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -76,6 +79,7 @@ import attrs
 import yaml
 
 __all__ = [
+    "COMMON_KEYS",
     "BenchmarkCase",
     "BenchmarkTask",
     "CaseError",
@@ -87,6 +91,7 @@ __all__ = [
     "SegmentationCase",
     "SurvivalCase",
     "TaskFileError",
+    "check_keys",
     "csv_cases",
     "first_dot_stem",
     "labelled_cases",
@@ -97,6 +102,49 @@ __all__ = [
 
 class TaskFileError(ValueError):
     """A task file is missing a key or holds an invalid value (names the file and key)."""
+
+
+COMMON_KEYS: tuple[str, ...] = (
+    "name",
+    "kind",
+    "roi_size",
+    "overlap",
+    "blend_mode",
+    "sigma_scale",
+    "in_plane_size",
+    "steps",
+    "accumulation_steps",
+    "lr",
+)
+"""The top-level keys every kind accepts (each kind adds its own, ``TaskKind.keys``)."""
+
+
+def _did_you_mean(word: str, known: Any) -> str:
+    close = difflib.get_close_matches(word, [str(k) for k in known], n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def check_keys(raw: Mapping[str, Any], known: tuple[str, ...], path: Path, kind: str) -> None:
+    """Refuse top-level keys a kind does not read (a misspelled key would otherwise be
+    ignored silently and its default used).
+
+    Args:
+        raw: the task file's top-level mapping.
+        known: the keys the kind accepts (:data:`COMMON_KEYS` plus its own).
+        path: the task file (named in the error).
+        kind: the kind's name (named in the error).
+
+    Raises:
+        TaskFileError: naming the file, each unknown key with the closest known key, and
+            the known keys.
+    """
+    unknown = [str(k) for k in raw if k not in known]
+    if unknown:
+        listed = ", ".join(f"{k!r}{_did_you_mean(k, known)}" for k in unknown)
+        raise TaskFileError(
+            f"{path}: unknown key{'s' if len(unknown) > 1 else ''} {listed} for kind {kind}; "
+            f"known keys: {', '.join(known)}"
+        )
 
 
 class CaseError(ValueError):
@@ -434,8 +482,9 @@ def load_task(path: str | Path, *, case_id: Callable[[Path], str] | None = None)
         :class:`BenchmarkTask`.
 
     Raises:
-        TaskFileError: (a ValueError) naming the file and key for a missing key, a wrong
-            type or value, or a path that does not exist.
+        TaskFileError: (a ValueError) naming the file and key for a missing key, an
+            unknown kind, a key the kind does not know (:func:`check_keys`), a wrong type or
+            value, or a path that does not exist.
         FileNotFoundError: when the task file does not exist.
     """
     from .kinds import TASK_KINDS  # the kinds import this module's records and helpers
@@ -450,13 +499,17 @@ def load_task(path: str | Path, *, case_id: Callable[[Path], str] | None = None)
         ) from None
     if not isinstance(raw, Mapping):
         raise TaskFileError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
-    for key in ("name", "kind", "roi_size"):
+    for key in ("name", "kind"):
         if key not in raw:
             raise _err(path, key, "is required")
     kind = raw["kind"]
-    if kind not in TASK_KINDS:
-        raise _err(path, "kind", f"must be one of {', '.join(TASK_KINDS)}, got {kind!r}")
+    if not isinstance(kind, str) or kind not in TASK_KINDS:
+        hint = _did_you_mean(kind, TASK_KINDS) if isinstance(kind, str) else ""
+        raise _err(path, "kind", f"must be one of {', '.join(TASK_KINDS)}, got {kind!r}{hint}")
     spec = TASK_KINDS[kind]
+    check_keys(raw, COMMON_KEYS + spec.keys, path, kind)
+    if "roi_size" not in raw:
+        raise _err(path, "roi_size", "is required")
     overlap = raw.get("overlap", 0.25)
     if not isinstance(overlap, int | float) or not 0 <= overlap < 1:
         raise _err(path, "overlap", f"must be in [0, 1), got {overlap!r}")

@@ -143,10 +143,13 @@ class CasePrediction:
     Attributes:
         seed: the head's seed (None for retrieval, which trains nothing).
         case_id: the case.
-        prediction: the kind's prediction (regression: values; survival: log hazard;
+        prediction: the kind's prediction (classification: the head's scores, one per
+            output: sigmoid (binary, multi-label) or softmax (multi-class); regression:
+            values; survival: log hazard;
             localisation: ``(z, y, x)`` mm; retrieval: ``(average precision, rank of the
             first true match)``).
-        target: the truth (regression: values; survival: ``(time, event)``; localisation:
+        target: the truth (classification: the class id, or the 0/1 labels of a
+            multi-label task; regression: values; survival: ``(time, event)``; localisation:
             ``(z, y, x)`` mm; retrieval: ``(number of true patches,)``).
     """
 
@@ -178,7 +181,7 @@ class BenchmarkResults:
         per_class: per-class (segmentation) or secondary metrics, name -> summary.
         files: written outputs (json, csv, figures).
         kind: the task kind.
-        predictions: per seed and test case (empty for segmentation and classification).
+        predictions: per seed and test case (empty for segmentation).
     """
 
     task: str
@@ -217,6 +220,8 @@ class TaskKind:
         accumulation_steps: default micro-batches per step.
         lr: default learning rate.
         summary: one line for documentation and ``--help``.
+        keys: the kind's own top-level task-file keys (besides
+            :data:`~tapct_eval.task.COMMON_KEYS`); any other key is refused.
     """
 
     parse: Callable[[Mapping[str, Any], ParseContext], dict[str, Any]]
@@ -224,6 +229,7 @@ class TaskKind:
     accumulation_steps: int
     lr: float
     summary: str
+    keys: tuple[str, ...]
 
 
 def patch_mask(

@@ -6,13 +6,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..abmil import ABMILTrainingConfig, predict_abmil, train_abmil
+from ..figures import plot_roc_curves
 from ..metrics import auc_score, micro_average_precision, multilabel_micro_auc, summarize_folds
 from ..task import ClassificationCase, ParseContext, csv_cases
-from .base import BenchmarkResults, KindContext, TaskKind
+from .base import BenchmarkResults, CasePrediction, KindContext, TaskKind
 
 __all__ = ["CLASSIFICATION"]
 
@@ -57,8 +59,16 @@ def parse(raw: Mapping[str, Any], ctx: ParseContext) -> dict[str, Any]:
     }
 
 
+def _target(case: ClassificationCase) -> tuple[float, ...]:
+    t = case.target
+    return tuple(float(v) for v in t) if isinstance(t, tuple) else (float(t),)
+
+
 def run(ctx: KindContext) -> BenchmarkResults:
     """Train an ABMIL head per seed; AUC (micro AUC for multi-label) and micro AP.
+
+    Each seed's test scores are kept as :class:`CasePrediction` rows (``predictions.csv``);
+    with figures on, the first seed's ROC curves are written (``<task>_<model>_roc.png``).
 
     Returns:
         :class:`BenchmarkResults` with metric ``auc`` or ``micro_auc``.
@@ -77,6 +87,8 @@ def run(ctx: KindContext) -> BenchmarkResults:
     y_test = torch.tensor([c.target for c in task.test])
     main: list[float] = []
     extra: dict[str, list[float]] = {"micro_ap": []}
+    predictions: list[CasePrediction] = []
+    first: np.ndarray | None = None
     for seed in ctx.seeds:
         head = train_abmil(
             bags,
@@ -90,6 +102,11 @@ def run(ctx: KindContext) -> BenchmarkResults:
         )
         ctx.seed_done(seed)
         scores = predict_abmil(head, test_bags, task_type).numpy()  # type: ignore[arg-type]
+        first = scores if first is None else first
+        predictions += [
+            CasePrediction(seed, c.case_id, tuple(map(float, np.atleast_1d(p))), _target(c))
+            for c, p in zip(task.test, scores, strict=True)
+        ]
         if task_type == "multilabel":
             main.append(multilabel_micro_auc(y_test.numpy(), scores))
         else:
@@ -99,6 +116,16 @@ def run(ctx: KindContext) -> BenchmarkResults:
         )
         extra["micro_ap"].append(micro_average_precision(ap_true, scores))
     metric = "micro_auc" if task_type == "multilabel" else "auc"
+    files = {}
+    if ctx.figures and first is not None:
+        truth = y_test if task_type != "multiclass" else F.one_hot(y_test, num_classes)
+        files["roc"] = plot_roc_curves(
+            truth,
+            first,
+            ctx.figure_path("roc"),
+            class_names=list(task.target_columns) if task_type == "multilabel" else None,
+            title=f"{task.name} / {ctx.model_name} (seed {ctx.seeds[0]})",
+        )
     return BenchmarkResults(
         task.name,
         ctx.model_name,
@@ -106,8 +133,9 @@ def run(ctx: KindContext) -> BenchmarkResults:
         summarize_folds(main),
         tuple(main),
         {k: summarize_folds(v) for k, v in extra.items()},
-        {},
+        files,
         kind="classification",
+        predictions=tuple(predictions),
     )
 
 
@@ -117,4 +145,5 @@ CLASSIFICATION = TaskKind(
     accumulation_steps=16,
     lr=1e-3,
     summary="ABMIL on window cls tokens; AUC",
+    keys=("csv", "task_type", "target_columns", "num_classes"),
 )

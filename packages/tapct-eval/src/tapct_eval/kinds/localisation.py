@@ -221,4 +221,5 @@ LOCALISATION = TaskKind(
     accumulation_steps=4,
     lr=1e-2,
     summary="heat map + soft-argmax on patch features; centroid error in mm",
+    keys=("structure", "spacing", "label_map", "train", "test"),
 )

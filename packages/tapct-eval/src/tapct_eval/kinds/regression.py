@@ -267,4 +267,5 @@ REGRESSION = TaskKind(
     accumulation_steps=16,
     lr=1e-3,
     summary="linear or ABMIL head on window cls tokens; MAE and Pearson r",
+    keys=("csv", "target_columns", "head"),
 )

@@ -169,4 +169,5 @@ RETRIEVAL = TaskKind(
     accumulation_steps=1,
     lr=1e-3,
     summary="lesion -> follow-up patch retrieval (no head); top-k hit rate and mAP",
+    keys=("pairs", "label_value", "top_k", "label_map"),
 )

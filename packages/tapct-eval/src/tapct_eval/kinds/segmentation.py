@@ -201,4 +201,5 @@ SEGMENTATION = TaskKind(
     accumulation_steps=4,
     lr=1e-2,
     summary="linear probe on patch features; Dice per class",
+    keys=("num_classes", "label_map", "class_names", "ignore_index", "train", "test"),
 )

@@ -226,4 +226,5 @@ SURVIVAL = TaskKind(
     accumulation_steps=16,
     lr=1e-3,
     summary="ABMIL log hazard, Cox partial likelihood; concordance index (torchsurv)",
+    keys=("csv", "time_column", "event_column"),
 )
