@@ -28,6 +28,7 @@ INDIRECT = {
     "pylibjpeg-libjpeg": "pydicom's JPEG decoder",
     "numpy": "tapct-vit3d: safetensors.torch.save_file converts through numpy",
     "nibabel": "tapct-eval: MONAI's LoadImage reads NIfTI with it",
+    "pydicom": "tapct-eval: MONAI's PydicomReader reads DICOM series with it",
     "pynrrd": "tapct-eval: MONAI's NrrdReader reads NRRD with it",
     "pandas": "tapct-eval: torchsurv imports it without declaring it",
 }
