@@ -83,6 +83,10 @@ def test_warnings_thresholds():
     assert len(collapse_warnings({**healthy, "teacher_batch_entropy": 0.0}, k, e, b)) == 1
     assert len(collapse_warnings({**healthy, "cls_std": 1e-4}, k, e, b)) == 1
     assert len(collapse_warnings({**healthy, "cls_effective_rank": 1.01}, k, e, b)) == 1
+    # A run already on Sinkhorn-Knopp is not told to switch to it.
+    (sk,) = collapse_warnings({**healthy, "teacher_entropy": math.log(k)}, k, e, b,
+                              centering="sinkhorn_knopp")  # fmt: skip
+    assert "sinkhorn_knopp" not in sk and "warm-up" in sk
     # Missing and non-finite values are ignored.
     assert collapse_warnings({"cls_std": math.nan}, k, e, b) == []
 

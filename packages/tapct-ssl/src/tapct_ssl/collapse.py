@@ -179,15 +179,23 @@ def collapse_stats(
     )
 
 
-#: What to try, appended to every collapse warning.
-_ADVICE = (
-    "try a longer warm-up (optim.warmup_iters), Sinkhorn-Knopp "
-    "(objective.centering=sinkhorn_knopp) or a lower learning rate (optim.base_lr)"
-)
+def _advice(centering: str) -> str:
+    """What to try, appended to every collapse warning (Sinkhorn-Knopp when not in use)."""
+    sk = ", Sinkhorn-Knopp (objective.centering=sinkhorn_knopp)"
+    if centering == "sinkhorn_knopp":
+        sk = ""
+    return (
+        f"try a longer warm-up (optim.warmup_iters){sk} or a lower learning rate "
+        "(optim.base_lr)"
+    )
 
 
 def collapse_warnings(
-    values: Mapping[str, float], n_prototypes: int, embed_dim: int, batch: int
+    values: Mapping[str, float],
+    n_prototypes: int,
+    embed_dim: int,
+    batch: int,
+    centering: str = "centering",
 ) -> list[str]:
     """Warning lines for fetched monitor values that show a collapse.
 
@@ -205,6 +213,8 @@ def collapse_warnings(
         n_prototypes: K of the DINO head.
         embed_dim: E of the backbone.
         batch: Rows the statistics were computed over (teacher cls tokens per process).
+        centering: The run's ``objective.centering`` (``centering`` or
+            ``sinkhorn_knopp``): Sinkhorn-Knopp is suggested only when not already used.
 
     Returns:
         One line per collapse sign found (empty when healthy), each ending with what to
@@ -244,4 +254,4 @@ def collapse_warnings(
             f"cls embeddings span about one direction (effective rank {rank:.2f} of at most "
             f"{min(batch, embed_dim)}): the run is collapsing"
         )
-    return [f"{line}; {_ADVICE}" for line in out]
+    return [f"{line}; {_advice(centering)}" for line in out]

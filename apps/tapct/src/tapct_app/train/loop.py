@@ -150,12 +150,20 @@ class CollapseHook:
         embed_dim: E of the backbone.
         batch: Teacher cls tokens per step and process (``n_global_crops x batch``).
         quiet_until: The first iteration at which a warning may be printed.
+        centering: The run's ``objective.centering`` (shapes the advice).
     """
 
     def __init__(
-        self, console: Any, n_prototypes: int, embed_dim: int, batch: int, quiet_until: int
+        self,
+        console: Any,
+        n_prototypes: int,
+        embed_dim: int,
+        batch: int,
+        quiet_until: int,
+        centering: str = "centering",
     ) -> None:
         self.console = console
+        self.centering = centering
         self.n_prototypes, self.embed_dim, self.batch = n_prototypes, embed_dim, batch
         self.quiet_until = quiet_until
         self.said: set[str] = set()
@@ -170,7 +178,10 @@ class CollapseHook:
             return
         from tapct_ssl import collapse_warnings
 
-        for line in collapse_warnings(metrics, self.n_prototypes, self.embed_dim, self.batch):
+        lines = collapse_warnings(
+            metrics, self.n_prototypes, self.embed_dim, self.batch, self.centering
+        )
+        for line in lines:
             kind = line.split("(", 1)[0]
             if kind in self.said:
                 continue
@@ -497,6 +508,7 @@ def _collapse_hook(config: PretrainConfig, parts: Any, console: Any) -> Collapse
         embed_dim=objective.embed_dim,
         batch=n_global * config.train.batch_size,
         quiet_until=parts.schedules.lr.warmup_iters,
+        centering=objective.config.centering,
     )
 
 
