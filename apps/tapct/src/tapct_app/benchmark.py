@@ -79,6 +79,7 @@ def benchmark_command(
     """
     from tapct_data import NormalizeConfig, strip_image_suffix
     from tapct_eval import CaseError, LabelError, load_task, run_benchmark
+    from tapct_eval.kinds.base import file_name
 
     from tapct_app.devices import resolve_device
     from tapct_app.encoders import load_encoder, model_display_name
@@ -130,7 +131,7 @@ def benchmark_command(
                 results = run_benchmark(
                     task,
                     encoder,
-                    tmp if len(encoders) == 1 else tmp / _dir_name(name),
+                    tmp if len(encoders) == 1 else tmp / file_name(name),
                     seeds=tuple(seeds),
                     load_image=loaders.load_image,
                     load_label=loaders.load_label,
@@ -159,12 +160,6 @@ def benchmark_command(
 #: The file a benchmark results folder holds: one model's results.json, or the
 #: comparison.csv of several (``check_output(owned_by=...)``).
 _OWNED_BY = {False: "results.json", True: "comparison.csv"}
-
-
-def _dir_name(name: str) -> str:
-    from tapct_eval.kinds.base import file_name
-
-    return file_name(name)
 
 
 def _fmt(value: float) -> str:

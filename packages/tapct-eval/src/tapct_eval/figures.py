@@ -42,6 +42,16 @@ def _label_rgba(labels: np.ndarray, num_classes: int, alpha: float = 0.45) -> np
     return rgba
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write ``fig`` as a 100-dpi PNG at ``path`` (parents created), close it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_segmentation_overlay(
     image: torch.Tensor | np.ndarray,
     truth: torch.Tensor | np.ndarray,
@@ -91,12 +101,7 @@ def plot_segmentation_overlay(
             ax.axis("off")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_retrieval_heatmap(
@@ -163,12 +168,7 @@ def plot_retrieval_heatmap(
         ax.axis("off")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def pca_rgb(features: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -252,21 +252,7 @@ def plot_pca_planes(
         for ax in axes[:, col]:
             ax.set_axis_off()
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return path
-
-
-def _save(fig, path: str | Path) -> Path:
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_prediction_scatter(
