@@ -212,12 +212,21 @@ def run_benchmark(
 
     n_cases = len(task.train) + len(task.test)
     ticker = Ticker(progress, n_cases + (len(seeds) * task.steps if task.train else 0), task.steps)
-    loaded: dict[tuple[Path, Path | None], tuple[torch.Tensor, torch.Tensor, Any]] = {}
+    loaded: dict[tuple[Path, Path | None], tuple[torch.Tensor, Any, Any]] = {}
 
     def load(image_path: Path, label_path: Path | None):
         raw = load_image(image_path)
+        # Right after the image: a loader that caches its last read answers from it.
+        given = load_spacing(image_path) if load_spacing is not None else task.spacing
         image, label = _load_case(task, raw, image_path, label_path, load_label, preprocess)
-        return raw, image, label
+        spacing = None
+        if given is not None:  # the voxel size of the preprocessed grid
+            sd, sh, sw = (
+                float(s) * r / n
+                for s, r, n in zip(given, raw.shape[1:], image.shape[1:], strict=True)
+            )
+            spacing = (sd, sh, sw)
+        return image, label, spacing
 
     # Every label is loaded and checked against its image before any feature is computed,
     # so a bad label stops the run at once (LabelError) instead of after hours of windows.
@@ -228,15 +237,7 @@ def run_benchmark(
 
     def scan(scan_id: str, image_path: Path, label_path: Path | None) -> Scan:
         cached = loaded.pop((image_path, label_path), None)
-        raw, image, label = cached if cached is not None else load(image_path, label_path)
-        given = load_spacing(image_path) if load_spacing is not None else task.spacing
-        spacing = None
-        if given is not None:  # the voxel size of the preprocessed grid
-            sd, sh, sw = (
-                float(s) * r / n
-                for s, r, n in zip(given, raw.shape[1:], image.shape[1:], strict=True)
-            )
-            spacing = (sd, sh, sw)
+        image, label, spacing = cached if cached is not None else load(image_path, label_path)
         feats = _cached_features(
             encoder, image, cache_dir / f"{scan_id}.pt", task, device, sw_batch_size, roi
         )
