@@ -152,6 +152,7 @@ def canonical_shape(image: Image) -> tuple[int, int, int]:
 
 
 def is_label(image: Image) -> bool:
+    """Whether a TorchIO image is a ``LabelMap`` (resampled nearest, never intensity-changed)."""
     import torchio as tio
 
     return isinstance(image, tio.LabelMap)
@@ -244,6 +245,12 @@ class BatchedRandomTransform(_TorchIOTransform):
             self._call_generator = None
 
     def apply_transform(self, subject: Subject) -> Subject:
+        """Draw one parameter record and apply it to every selected image (TorchIO hook).
+
+        Returns:
+            ``subject`` with the images changed and this draw recorded in its history as
+            the deterministic transform (TorchIO's ``RandomGamma`` -> ``Gamma`` rule).
+        """
         images = subject.get_images(
             intensity_only=not self.spatial, include=self.include, exclude=self.exclude
         )
@@ -280,6 +287,7 @@ class ParamsTransform(_TorchIOTransform):
         raise NotImplementedError
 
     def apply_transform(self, subject: Subject) -> Subject:
+        """Apply this transform's fixed parameters to every selected image (TorchIO hook)."""
         images: dict[str, Image] = subject.get_images_dict(  # type: ignore[call-overload]
             intensity_only=not self.spatial, include=self.include, exclude=self.exclude
         )

@@ -467,9 +467,11 @@ class ResizedCrop3d(SpatialParamsTransform):
         return self.invert_transform
 
     def random(self) -> RandomResizedCrop3d:
+        """The random transform this crop is one draw of."""
         return RandomResizedCrop3d(self.size, pad_value=self.pad_value)
 
     def params(self) -> CropParams:
+        """This crop as a one-sample ``CropParams`` record (start ``(1,)``, box ``(1, 4)``)."""
         return CropParams(
             start=torch.tensor([self.start], dtype=torch.long),
             boxes=torch.tensor([self.box], dtype=torch.float64),
@@ -478,6 +480,14 @@ class ResizedCrop3d(SpatialParamsTransform):
     def apply_canonical(
         self, x: torch.Tensor, affine_dhw: np.ndarray, label: bool
     ) -> tuple[torch.Tensor, np.ndarray]:
+        """Crop (or, inverted, un-crop) one ``(C, D, H, W)`` canonical image and its affine.
+
+        Label maps are resampled nearest-neighbour, scalar images with the batched
+        separable kernel.
+
+        Raises:
+            ValueError: The image's shape is not the one this crop was drawn for.
+        """
         expected = self.size if self.invert_transform else self.in_shape
         if spatial_shape(x.shape) != tuple(expected):
             raise ValueError(

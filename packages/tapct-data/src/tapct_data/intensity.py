@@ -247,9 +247,11 @@ class AdjustGamma(IntensityParamsTransform):
         self.args_names = ["gamma", "value_range"]
 
     def random(self) -> RandomGamma:
+        """The random transform this gamma is one draw of."""
         return RandomGamma(value_range=self.value_range)
 
     def params(self) -> GammaParams:
+        """This gamma as a one-sample ``GammaParams`` record."""
         return GammaParams(
             gamma=torch.tensor([self.gamma], dtype=torch.float64),
             applied=torch.tensor([True]),
@@ -339,9 +341,11 @@ class GaussianBlur2d(IntensityParamsTransform):
         self.args_names = ["sigma"]
 
     def random(self) -> RandomGaussianBlur:
+        """The random transform this blur is one draw of."""
         return _FixedBlur(self.sigma)
 
     def params(self) -> BlurParams:
+        """This blur as a one-sample ``BlurParams`` record (sigma in voxels)."""
         return BlurParams(
             sigma=torch.tensor([self.sigma], dtype=torch.float64), applied=torch.tensor([True])
         )

@@ -404,6 +404,10 @@ class MultiCropAugmentation(_TorchIOTransform):
             self._call_generator = None
 
     def apply_transform(self, subject: Subject) -> Subject:
+        """Replace the subject's images by ``global_0``, ..., ``local_0``, ... (TorchIO hook).
+
+        Label maps ``L`` are cropped with the same boxes into ``L_global_0``, ....
+        """
         images = subject.get_images_dict(
             intensity_only=False, include=self.include, exclude=self.exclude
         )
@@ -468,6 +472,7 @@ class MultiCropViews(_TorchIOSpatial):
         self.args_names = ["config", "params", "in_shape"]
 
     def apply_transform(self, subject: Subject) -> Subject:
+        """Replay the recorded multi-crop views on ``subject`` (TorchIO history hook)."""
         import torchio as tio
 
         aug = MultiCropAugmentation(MultiCropConfig(**self.config))

@@ -211,6 +211,7 @@ class ClipNormalize(tio.IntensityTransform):
         return super().__call__(data)
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        """Clip and z-normalise each scalar image of ``subject`` (TorchIO hook; not labels)."""
         for image in self.get_images(subject):
             image.set_data(self.normalize(image.data))
         return subject
