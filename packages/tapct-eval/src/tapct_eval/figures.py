@@ -42,12 +42,16 @@ def _label_rgba(labels: np.ndarray, num_classes: int, alpha: float = 0.45) -> np
     return rgba
 
 
-def _save(fig, path: str | Path) -> Path:
-    """Lay out, write ``fig`` as a 100-dpi PNG at ``path`` (parents created), close it."""
+def _save(fig, path: str | Path, fmt: str | None = None) -> Path:
+    """Lay out, write ``fig`` at 100 dpi to ``path`` (parents created), close it.
+
+    ``fmt`` forces the file format (e.g. ``"png"`` for a temporary name without the
+    suffix); by default matplotlib takes it from the suffix.
+    """
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format=fmt)
     plt.close(fig)
     return path
 
@@ -252,7 +256,7 @@ def plot_pca_planes(
         for ax in axes[:, col]:
             ax.set_axis_off()
     fig.suptitle(title)
-    return _save(fig, path)
+    return _save(fig, path, fmt="png")  # embed writes it under a temporary name
 
 
 def plot_prediction_scatter(
