@@ -40,12 +40,27 @@ def test_config_defaults_are_the_papers() -> None:
     )
     assert cfg.centering == "centering" and cfg.n_global_crops == 2
     assert (cfg.student_temp, cfg.center_momentum) == (0.1, 0.9)
+    assert cfg.dino_head_mlp_bias and cfg.ibot_head_mlp_bias  # DINOv2's heads have biases
     with pytest.raises(ValueError, match="centering"):
         DINOv2ObjectiveConfig(centering="sk")
     with pytest.raises(ValueError, match="koleo_loss_weight"):
         DINOv2ObjectiveConfig(koleo_loss_weight=-1.0)
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         cfg.centering = "sinkhorn_knopp"  # type: ignore[misc]
+
+
+def test_heads_without_mlp_biases(tiny_backbone) -> None:
+    """``*_head_mlp_bias=False`` drops the MLP biases: a zero input gives zero logits."""
+    cfg = attrs.evolve(SMALL, dino_head_mlp_bias=False, ibot_head_mlp_bias=False)
+    objective = DINOv2Objective(tiny_backbone(), cfg)
+    for name in ("dino_head", "ibot_head"):
+        head = objective.student[name]
+        assert not any(n.endswith("bias") for n, _ in head.named_parameters())
+        assert torch.count_nonzero(head(torch.zeros(3, objective.embed_dim))) == 0
+    with pytest.raises(ValueError, match="dino_head_mlp_bias must be true or false"):
+        DINOv2ObjectiveConfig(dino_head_mlp_bias="no")  # type: ignore[arg-type]
+    with_bias = DINOv2Objective(tiny_backbone(), SMALL).student["dino_head"]
+    assert sum(n.endswith("bias") for n, _ in with_bias.named_parameters()) == 3
 
 
 def test_structure(tiny_backbone) -> None:

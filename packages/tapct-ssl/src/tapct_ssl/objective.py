@@ -38,6 +38,11 @@ def _positive(instance: object, attribute: attrs.Attribute, value: float) -> Non
         raise ValueError(f"{attribute.name} must be > 0, got {value}")
 
 
+def _bool(instance: object, attribute: attrs.Attribute, value: bool) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{attribute.name} must be true or false, got {value!r}")
+
+
 def _momentum(instance: object, attribute: attrs.Attribute, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{attribute.name} must be in [0, 1], got {value}")
@@ -60,6 +65,8 @@ class DINOv2ObjectiveConfig:
             dino_head_nlayers: DINO head (65536, 2048, 256, 3).
         ibot_head_n_prototypes, ibot_head_hidden_dim, ibot_head_bottleneck_dim,
             ibot_head_nlayers: the separate (untied) iBOT head (65536, 2048, 256, 3).
+        dino_head_mlp_bias, ibot_head_mlp_bias: biases in the heads' MLP layers
+            (``DINOHead(mlp_bias=...)``; DINOv2: True).
         student_temp: student temperature (0.1).
         center_momentum: EMA momentum of both centers (0.9).
         centering: ``"centering"`` (paper: "Centering (No SK)") or ``"sinkhorn_knopp"``.
@@ -81,6 +88,8 @@ class DINOv2ObjectiveConfig:
     ibot_head_hidden_dim: int = attrs.field(default=2048, validator=_positive)
     ibot_head_bottleneck_dim: int = attrs.field(default=256, validator=_positive)
     ibot_head_nlayers: int = attrs.field(default=3, validator=_positive)
+    dino_head_mlp_bias: bool = attrs.field(default=True, validator=_bool)
+    ibot_head_mlp_bias: bool = attrs.field(default=True, validator=_bool)
     student_temp: float = attrs.field(default=0.1, validator=_positive)
     center_momentum: float = attrs.field(default=0.9, validator=_momentum)
     centering: str = attrs.field(default="centering", validator=_centering)
@@ -289,6 +298,7 @@ class DINOv2Objective(nn.Module):
             config.dino_head_hidden_dim,
             config.dino_head_bottleneck_dim,
             config.dino_head_nlayers,
+            mlp_bias=config.dino_head_mlp_bias,
         )
         ibot_head = DINOHead(
             embed_dim,
@@ -296,6 +306,7 @@ class DINOv2Objective(nn.Module):
             config.ibot_head_hidden_dim,
             config.ibot_head_bottleneck_dim,
             config.ibot_head_nlayers,
+            mlp_bias=config.ibot_head_mlp_bias,
         )
         first = next(backbone.parameters(), None)
         if first is not None:
