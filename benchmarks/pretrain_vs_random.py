@@ -15,7 +15,7 @@
 
 Usage::
 
-    uv run python benchmarks/pretrain_vs_random.py --config demo --out runs/pvr \
+    uv run python benchmarks/pretrain_vs_random.py --config cpu_small --out runs/pvr \
         [--data ../shared/data/ct/example_ct.nii.gz] [--seeds 0,1,2] [--steps 150] \
         [--set train.iterations=800 ...]
 
@@ -92,7 +92,7 @@ def fmt(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="demo", help="shipped config name or file")
+    parser.add_argument("--config", default="cpu_small", help="shipped config name or file")
     parser.add_argument("--data", action="append", type=Path, default=None,
                         help="scans to pretrain on (repeatable; default example_ct.nii.gz)")
     parser.add_argument("--out", type=Path, required=True)

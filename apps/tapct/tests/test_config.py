@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from tapct_app.config_file import (
     apply_overrides,
     config_to_dict,
     list_shipped_configs,
     load_config,
+    shipped_config_path,
     structure,
 )
 from tapct_app.errors import UserError
@@ -113,3 +115,31 @@ def test_bad_files(tmp_path):
 def test_apply_overrides_rejects_garbage():
     with pytest.raises(UserError, match=r"expected section\.key=value"):
         apply_overrides({}, ["novalue"])
+
+
+def test_cpu_small_differs_from_the_paper_only_where_its_comments_say():
+    """cpu_small (issue 12) keeps the paper's optimiser and objective except the listed keys."""
+    from tapct_app.train.build import build_optim_config, objective_config
+    from tapct_ssl import DINOv2ObjectiveConfig, OptimConfig
+
+    cfg = resolve_pretrain_config("cpu_small", ["/scans"])
+    optim, paper_optim = build_optim_config(cfg), OptimConfig()
+    changed = {
+        f.name for f in attrs.fields(OptimConfig)
+        if getattr(optim, f.name) != getattr(paper_optim, f.name)
+    }  # fmt: skip
+    assert changed == {"base_lr", "warmup_teacher_temp", "teacher_temp"}
+    assert (optim.warmup_teacher_temp, optim.teacher_temp) == (0.005, 0.01)
+    objective, paper_objective = objective_config(cfg), DINOv2ObjectiveConfig()
+    changed = {
+        f.name for f in attrs.fields(DINOv2ObjectiveConfig)
+        if getattr(objective, f.name) != getattr(paper_objective, f.name)
+    }  # fmt: skip
+    assert changed == {"centering"} | {
+        f"{head}_head_{key}" for head in ("dino", "ibot")
+        for key in ("n_prototypes", "hidden_dim", "bottleneck_dim")
+    }  # fmt: skip
+    assert cfg.model.name == "tap_nano_3d" and cfg.train.iterations == 12_000
+    text = shipped_config_path("cpu_small").read_text()
+    for key in ("teacher_temp", "n_prototypes", "centering", "base_lr", "hidden_dim"):
+        assert key in text  # each difference is written down where it is set

@@ -74,7 +74,7 @@ def test_memory_preflight_refuses_before_the_data_cache(cli, monkeypatch, tmp_pa
     (line,) = _lines(err)
     assert rc == 2 and line.startswith("tapct: error: tap_nano_3d at 2 samples per micro-batch")
     assert "needs ~" in line and "but 0.0 GiB available host memory (cpu)" in line
-    for option in ("--batch-size", "model.grad_checkpointing=1", "--config demo",
+    for option in ("--batch-size", "model.grad_checkpointing=1", "--config cpu_small",
                    "train.memory_check=false"):
         assert option in line
     assert not (tmp_path / "runs").exists()  # the parent it created too

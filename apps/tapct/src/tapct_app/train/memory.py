@@ -243,7 +243,7 @@ def memory_advice(config: PretrainConfig) -> str:
     return (
         f"use a smaller --batch-size (now {config.train.batch_size} per device; "
         f"--set train.accumulation_steps=N keeps the global batch), {ckpt}, or a small "
-        "config (--config demo)"
+        "config (--config cpu_small)"
     )
 
 
