@@ -80,7 +80,11 @@ def test_warnings_thresholds():
     assert collapse_warnings(healthy, k, e, b) == []
     uniform = collapse_warnings({**healthy, "teacher_entropy": math.log(k)}, k, e, b)
     assert len(uniform) == 1 and "near uniform" in uniform[0] and "warm-up" in uniform[0]
-    assert len(collapse_warnings({**healthy, "teacher_batch_entropy": 0.0}, k, e, b)) == 1
+    # Uniform targets: a lower teacher temperature first (what ended it in issue 12);
+    # one prototype for everything: not that (a lower temperature sharpens further).
+    assert "lower teacher temperature (optim.warmup_teacher_temp" in uniform[0]
+    (one,) = collapse_warnings({**healthy, "teacher_batch_entropy": 0.0}, k, e, b)
+    assert "same teacher prototype" in one and "teacher temperature" not in one
     assert len(collapse_warnings({**healthy, "cls_std": 1e-4}, k, e, b)) == 1
     assert len(collapse_warnings({**healthy, "cls_effective_rank": 1.01}, k, e, b)) == 1
     # A run already on Sinkhorn-Knopp is not told to switch to it.

@@ -179,13 +179,24 @@ def collapse_stats(
     )
 
 
-def _advice(centering: str) -> str:
-    """What to try, appended to every collapse warning (Sinkhorn-Knopp when not in use)."""
+def _advice(centering: str, uniform: bool = False) -> str:
+    """What to try, appended to every collapse warning (Sinkhorn-Knopp when not in use).
+
+    For uniform targets a lower teacher temperature comes first: it is what ended that
+    collapse in the issue-12 search (a 48-wide model on one CT stayed at ``log K`` with
+    0.04 -> 0.07 and 0.02 -> 0.04 whatever K, batch or learning rate; 0.005 -> 0.01, the
+    ``cpu_small`` config, learnt).
+    """
     sk = ", Sinkhorn-Knopp (objective.centering=sinkhorn_knopp)"
     if centering == "sinkhorn_knopp":
         sk = ""
+    temp = (
+        "a lower teacher temperature (optim.warmup_teacher_temp, optim.teacher_temp), "
+        if uniform
+        else ""
+    )
     return (
-        f"try a longer warm-up (optim.warmup_iters){sk} or a lower learning rate "
+        f"try {temp}a longer warm-up (optim.warmup_iters){sk} or a lower learning rate "
         "(optim.base_lr)"
     )
 
@@ -231,27 +242,27 @@ def collapse_warnings(
     if h is not None and h > 0.99 * log_k:
         out.append(
             f"teacher targets are near uniform (entropy {h:.3f} of log K = {log_k:.3f}): "
-            "the run is collapsing"
+            f"the run is collapsing; {_advice(centering, uniform=True)}"
         )
     hb = get("teacher_batch_entropy")
     floor = 0.1 * math.log(max(2, min(batch, n_prototypes)))
     if hb is not None and hb < floor:
         out.append(
             f"every sample gets the same teacher prototype (batch-mean entropy {hb:.3f} "
-            f"< {floor:.3f}): the run is collapsing"
+            f"< {floor:.3f}): the run is collapsing; {_advice(centering)}"
         )
     std = get("cls_std")
     healthy = 1.0 / math.sqrt(embed_dim)
     if std is not None and std < 0.1 * healthy:
         out.append(
             f"cls embeddings are nearly identical across the batch (std {std:.2e}, healthy "
-            f"about 1/sqrt(E) = {healthy:.3f}): the run is collapsing"
+            f"about 1/sqrt(E) = {healthy:.3f}): the run is collapsing; {_advice(centering)}"
         )
     rank = get("cls_effective_rank")
     rank_floor = max(1.5, 0.05 * min(batch, embed_dim))
     if rank is not None and rank < rank_floor:
         out.append(
             f"cls embeddings span about one direction (effective rank {rank:.2f} of at most "
-            f"{min(batch, embed_dim)}): the run is collapsing"
+            f"{min(batch, embed_dim)}): the run is collapsing; {_advice(centering)}"
         )
-    return [f"{line}; {_advice(centering)}" for line in out]
+    return out
