@@ -26,6 +26,7 @@ Each step is the real command (a subprocess), so a finished step is skipped on a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -40,13 +41,67 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("TAPCT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+class UsageError(Exception):
+    """A user mistake: printed as one ``pretrain_vs_random: error: ...`` line, exit 2."""
+
+
 def tapct(*args: str) -> float:
-    """Run ``tapct ARGS`` in a subprocess; return its wall time in seconds."""
+    """Run ``tapct ARGS`` in a subprocess; return its wall time in seconds.
+
+    Raises:
+        UsageError: the command failed (its own one-line error is printed above).
+    """
     cmd = [sys.executable, "-m", "tapct_app", *args]
     print("$ tapct " + " ".join(args), flush=True)
     start = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    rc = subprocess.run(cmd).returncode
+    if rc != 0:
+        raise UsageError(f"tapct {args[0]} failed (exit {rc}); its message is above")
     return time.perf_counter() - start
+
+
+def parse_ints(option: str, text: str, length: int | None = None) -> list[int]:
+    """``"8,64,64"`` -> ``[8, 64, 64]`` (positive ints; ``length`` of them when given)."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or (length is not None and len(values) != length) or min(values) < 0:
+        what = f"{length} " if length else ""
+        raise UsageError(f"{option} {text!r}: expected {what}comma-separated non-negative integers")
+    return values
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def refuse_test_scan(data: list[Path], series: Path) -> None:
+    """Refuse ``--data`` that is, holds or lies inside the probe's test series, or copies it.
+
+    A copy is any file under a ``--data`` file or folder with the bytes of one of the
+    series' files (its UIDs are blanked, so they cannot be compared; a converted copy,
+    e.g. to NIfTI, is not recognised).
+
+    Raises:
+        UsageError: naming the path and the test series.
+    """
+    test = series.resolve()
+    files = [f for f in test.iterdir() if f.is_file()] if test.is_dir() else []
+    sizes = {f.stat().st_size for f in files}
+    digests: set[str] | None = None
+    for d in data:
+        path = d.resolve()
+        if path == test or test.is_relative_to(path) or path.is_relative_to(test):
+            raise UsageError(f"--data {d}: holds {series}, the probe's test scan")
+        candidates = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+        for f in candidates:
+            if f.stat().st_size not in sizes:
+                continue
+            digests = digests if digests is not None else {_digest(g) for g in files}
+            if _digest(f) in digests:
+                raise UsageError(f"--data {d}: {f} is a copy of a file of {series}, "
+                                 "the probe's test scan")  # fmt: skip
 
 
 def write_task(path: Path, data: Path, roi: str, in_plane: str, steps: int) -> Path:
@@ -90,7 +145,53 @@ def fmt(r: dict) -> str:
     return f"{r['mean']:.4f} +- {r['std']:.4f}  ({seeds})"
 
 
+def check_settings(out: Path, settings: dict) -> None:
+    """Record the run's settings in ``OUT/settings.json``; refuse other settings later.
+
+    Raises:
+        UsageError: ``OUT`` is a file, or holds results of other settings.
+    """
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file")
+    record = out / "settings.json"
+    if record.is_file():
+        old = json.loads(record.read_text())
+        if old != settings:
+            diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items()
+                             if old.get(k) != v)  # fmt: skip
+            raise UsageError(f"--out {out}: holds results of other settings ({diff}); "
+                          "use another --out")  # fmt: skip
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(settings, indent=2))
+
+
+def initial_weights(common: list[str], out: Path) -> Path:
+    """Export the run's weights at iteration 0 (the first step's lr is 0) once.
+
+    A rerun reuses ``OUT/initial_model``, or exports ``checkpoint-00000001.pt`` when only
+    that exists; ``--stop-after 1`` is never run twice (it would resume to iteration 2).
+    """
+    model = out / "initial_model"
+    if (model / "model.safetensors").is_file():
+        return model
+    first = out / "initial" / "checkpoints" / "checkpoint-00000001.pt"
+    if not first.is_file():
+        tapct("pretrain", *common, "-o", str(out / "initial"), "--stop-after", "1")
+    tapct("export", str(first), "-o", str(model))
+    return model
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the comparison; user mistakes end with one line on stderr and exit 2."""
+    try:
+        return run(argv)
+    except UsageError as exc:
+        print(f"pretrain_vs_random: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="cpu_small", help="shipped config name or file")
     parser.add_argument("--data", action="append", type=Path, default=None,
@@ -104,10 +205,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="pretraining overrides section.key=value (repeatable)")
     args = parser.parse_args(argv)
     data = args.data or [DATA / "ct" / "example_ct.nii.gz"]
-    if any("example_ct_dicom" in str(d) for d in data):
-        raise SystemExit("do not pretrain on ct/example_ct_dicom: it is the probe's test scan")
+    roi = parse_ints("--roi", args.roi, 3)
+    in_plane = parse_ints("--in-plane", args.in_plane, 2)
+    seeds = parse_ints("--seeds", args.seeds)
+    if args.steps < 1:
+        raise UsageError(f"--steps {args.steps}: must be at least 1")
+    if min(roi) < 1 or min(in_plane) < 1:
+        raise UsageError(f"--roi {args.roi} / --in-plane {args.in_plane}: sizes must be >= 1")
+    for d in data:
+        if not d.exists():
+            raise UsageError(f"--data {d}: no such file or folder")
+    refuse_test_scan(data, DATA / "ct" / "example_ct_dicom")
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    settings = {"config": args.config, "data": [str(d.resolve()) for d in data],
+                "sets": args.sets, "seeds": seeds, "steps": args.steps, "roi": roi,
+                "in_plane": in_plane}  # fmt: skip
+    check_settings(out, settings)
     common = ["--config", args.config, "--device", "cpu"]
     for d in data:
         common += ["--data", str(d)]
@@ -115,13 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         common += ["--set", s]
 
     t_pre = tapct("pretrain", *common, "-o", str(out / "pretrained"))
-    tapct("pretrain", *common, "-o", str(out / "initial"), "--stop-after", "1")
-    if not (out / "initial_model" / "model.safetensors").is_file():
-        tapct("export", str(out / "initial"), "-o", str(out / "initial_model"))
-
+    initial = initial_weights(common, out)
     task = write_task(out / "task.yaml", DATA, args.roi, args.in_plane, args.steps)
-    pre = benchmark(task, out / "pretrained" / "model", out / "bench_pretrained", args.seeds)
-    init = benchmark(task, out / "initial_model", out / "bench_initial", args.seeds)
+    seed_list = ",".join(str(v) for v in seeds)
+    pre = benchmark(task, out / "pretrained" / "model", out / "bench_pretrained", seed_list)
+    init = benchmark(task, initial, out / "bench_initial", seed_list)
 
     gain = pre["mean"] - init["mean"]
     lo_pre = min(v for v in pre["per_seed"] if v is not None)
@@ -131,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pretraining wall time (this invocation): {t_pre / 60:.1f} min")
     print(f"macro Dice, pretrained : {fmt(pre)}")
     print(f"macro Dice, initial    : {fmt(init)}")
-    print(f"gain {gain:+.4f}; seeds {'do not overlap' if lo_pre > hi_init else 'overlap'}")
+    if len(seeds) < 2:
+        print(f"gain {gain:+.4f} (one probe seed: no spread to compare it with)")
+    else:
+        print(f"gain {gain:+.4f}; seeds {'do not overlap' if lo_pre > hi_init else 'overlap'}")
     print()
     print(f"{'class':28s} {'pretrained':>12s} {'initial':>12s}")
     for name in sorted(set(pre["per_class"]) | set(init["per_class"])):
