@@ -90,7 +90,11 @@ def test_toml_file(tmp_path):
         (["train.iterations=0"], "iterations must be positive"),
         (["crops.local_crops_size=[4,32,32]"], "keep the global crops' depth"),
         (["masking.mask_ratio=[0.5,0.1]"], "min <= max"),
-        (["optim.base_lrr=1"], "config section 'optim'"),
+        (["optim.base_lrr=1"], "optim: unknown key(s) ['base_lrr']; known: ["),
+        # A misspelt key of a library section is named like the app's own (fresh user,
+        # issue 12: it leaked "__init__() got an unexpected keyword argument").
+        (["objective.dino_head_mlp_biass=false"],
+         "objective: unknown key(s) ['dino_head_mlp_biass']; known: ['center_momentum'"),
         (["objective.centering=bogus"], "config section 'objective'"),
     ],
 )

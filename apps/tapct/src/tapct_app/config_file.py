@@ -223,10 +223,15 @@ def check_value_types(cls: type, data: Mapping[str, Any], where: str) -> None:
         where: A label for the message (``"config section 'optim'"``).
 
     Raises:
-        UserError: ``"<where>.<key>: expected a number, got 'abc'"``.
+        UserError: ``"<where>.<key>: expected a number, got 'abc'"``, or ``"<where>:
+            unknown key(s) [...]; known: [...]"`` (as the app's own sections).
     """
     if not attrs.has(cls):
         return
+    known = {f.name for f in attrs.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
     hints = typing.get_type_hints(cls)
     for key, value in data.items():
         if key in hints:
