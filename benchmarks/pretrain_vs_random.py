@@ -145,6 +145,19 @@ def fmt(r: dict) -> str:
     return f"{r['mean']:.4f} +- {r['std']:.4f}  ({seeds})"
 
 
+def verdict(pre: list[float | None], init: list[float | None]) -> str:
+    """Whether the per-seed macro Dice of the two encoders overlap, and who is ahead."""
+    a = [v for v in pre if v is not None and not math.isnan(v)]
+    b = [v for v in init if v is not None and not math.isnan(v)]
+    if len(a) < 2 or len(b) < 2:
+        return "one probe seed: no spread to compare it with"
+    if min(a) > max(b):
+        return "seeds do not overlap: pretrained better on every seed"
+    if max(a) < min(b):
+        return "seeds do not overlap: initial weights better on every seed"
+    return "seeds overlap"
+
+
 def check_settings(out: Path, settings: dict) -> None:
     """Record the run's settings in ``OUT/settings.json``; refuse other settings later.
 
@@ -235,17 +248,12 @@ def run(argv: list[str] | None = None) -> int:
     init = benchmark(task, initial, out / "bench_initial", seed_list)
 
     gain = pre["mean"] - init["mean"]
-    lo_pre = min(v for v in pre["per_seed"] if v is not None)
-    hi_init = max(v for v in init["per_seed"] if v is not None)
     print()
     print(f"config {args.config}, pretrained on {', '.join(str(d) for d in data)}")
     print(f"pretraining wall time (this invocation): {t_pre / 60:.1f} min")
     print(f"macro Dice, pretrained : {fmt(pre)}")
     print(f"macro Dice, initial    : {fmt(init)}")
-    if len(seeds) < 2:
-        print(f"gain {gain:+.4f} (one probe seed: no spread to compare it with)")
-    else:
-        print(f"gain {gain:+.4f}; seeds {'do not overlap' if lo_pre > hi_init else 'overlap'}")
+    print(f"gain {gain:+.4f}; {verdict(pre['per_seed'], init['per_seed'])}")
     print()
     print(f"{'class':28s} {'pretrained':>12s} {'initial':>12s}")
     for name in sorted(set(pre["per_class"]) | set(init["per_class"])):
@@ -262,7 +270,7 @@ def run(argv: list[str] | None = None) -> int:
         "pretrained": pre,
         "initial": init,
         "gain": gain,
-        "seeds_overlap": not lo_pre > hi_init,
+        "verdict": verdict(pre["per_seed"], init["per_seed"]),
     }
     (out / "pretrain_vs_random.json").write_text(json.dumps(summary, indent=2))
     return 0

@@ -126,6 +126,16 @@ def test_one_probe_seed_makes_no_overlap_claim(pvr, capsys, tmp_path):
     assert "one probe seed: no spread to compare it with" in out and "overlap" not in out
 
 
+def test_the_verdict_says_who_is_ahead(pvr):
+    # The confirmation run of issue 12: cpu_small against its initial weights.
+    assert pvr.verdict([0.0180, 0.0165, 0.0142], [0.0511, 0.0421, 0.0362]) == (
+        "seeds do not overlap: initial weights better on every seed"
+    )
+    assert pvr.verdict([0.06, 0.07], [0.04, 0.05]).endswith("pretrained better on every seed")
+    assert pvr.verdict([0.04, 0.06], [0.05, 0.07]) == "seeds overlap"
+    assert pvr.verdict([0.06], [0.04]).startswith("one probe seed")
+
+
 def test_a_failing_tapct_step_ends_in_one_line(monkeypatch, capsys, tmp_path, shared_data):
     """The real tapct() turns a failed subprocess into one line (its own error is above)."""
     spec = importlib.util.spec_from_file_location(
