@@ -61,7 +61,11 @@ def tapct(*args: str) -> float:
 
 
 def parse_ints(option: str, text: str, length: int | None = None) -> list[int]:
-    """``"8,64,64"`` -> ``[8, 64, 64]`` (positive ints; ``length`` of them when given)."""
+    """``"8,64,64"`` -> ``[8, 64, 64]`` (non-negative ints; ``length`` of them when given).
+
+    Raises:
+        UsageError: naming the option and the text.
+    """
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
@@ -104,14 +108,19 @@ def refuse_test_scan(data: list[Path], series: Path) -> None:
                                  "the probe's test scan")  # fmt: skip
 
 
-def write_task(path: Path, data: Path, roi: str, in_plane: str, steps: int) -> Path:
-    """The probe of issue 12: 49 classes, train example_ct_sm, test the DICOM series."""
+def write_task(
+    path: Path, data: Path, roi: list[int], in_plane: list[int], steps: int
+) -> Path:
+    """The probe of issue 12: 49 classes, train example_ct_sm, test the DICOM series.
+
+    ``roi`` is the ``(D, H, W)`` window in voxels, ``in_plane`` the ``(H, W)`` resize.
+    """
     task = {
         "name": "totalseg49-sm-to-dicom",
         "kind": "segmentation",
-        "roi_size": [int(v) for v in roi.split(",")],
+        "roi_size": list(roi),
         "overlap": 0.25,
-        "in_plane_size": [int(v) for v in in_plane.split(",")],
+        "in_plane_size": list(in_plane),
         "num_classes": 49,
         "label_map": "totalsegmentator_49",
         "steps": steps,
@@ -173,7 +182,7 @@ def check_settings(out: Path, settings: dict) -> None:
             diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items()
                              if old.get(k) != v)  # fmt: skip
             raise UsageError(f"--out {out}: holds results of other settings ({diff}); "
-                          "use another --out")  # fmt: skip
+                             "use another --out")  # fmt: skip
         return
     out.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(settings, indent=2))
@@ -198,13 +207,13 @@ def initial_weights(common: list[str], out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison; user mistakes end with one line on stderr and exit 2."""
     try:
-        return run(argv)
+        return _run(argv)
     except UsageError as exc:
         print(f"pretrain_vs_random: error: {exc}", file=sys.stderr)
         return 2
 
 
-def run(argv: list[str] | None = None) -> int:
+def _run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="cpu_small", help="shipped config name or file")
     parser.add_argument("--data", action="append", type=Path, default=None,
@@ -242,7 +251,7 @@ def run(argv: list[str] | None = None) -> int:
 
     t_pre = tapct("pretrain", *common, "-o", str(out / "pretrained"))
     initial = initial_weights(common, out)
-    task = write_task(out / "task.yaml", DATA, args.roi, args.in_plane, args.steps)
+    task = write_task(out / "task.yaml", DATA, roi, in_plane, args.steps)
     seed_list = ",".join(str(v) for v in seeds)
     pre = benchmark(task, out / "pretrained" / "model", out / "bench_pretrained", seed_list)
     init = benchmark(task, initial, out / "bench_initial", seed_list)
@@ -253,7 +262,8 @@ def run(argv: list[str] | None = None) -> int:
     print(f"pretraining wall time (this invocation): {t_pre / 60:.1f} min")
     print(f"macro Dice, pretrained : {fmt(pre)}")
     print(f"macro Dice, initial    : {fmt(init)}")
-    print(f"gain {gain:+.4f}; {verdict(pre['per_seed'], init['per_seed'])}")
+    said = verdict(pre["per_seed"], init["per_seed"])
+    print(f"gain {gain:+.4f}; {said}")
     print()
     print(f"{'class':28s} {'pretrained':>12s} {'initial':>12s}")
     for name in sorted(set(pre["per_class"]) | set(init["per_class"])):
@@ -270,7 +280,7 @@ def run(argv: list[str] | None = None) -> int:
         "pretrained": pre,
         "initial": init,
         "gain": gain,
-        "verdict": verdict(pre["per_seed"], init["per_seed"]),
+        "verdict": said,
     }
     (out / "pretrain_vs_random.json").write_text(json.dumps(summary, indent=2))
     return 0

@@ -13,9 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture()
-def pvr(monkeypatch, shared_data):
-    """The script as a module, its tapct calls recorded and faked, DATA the real scans."""
+def _load_script(monkeypatch, shared_data):
+    """A fresh copy of the script as a module, its DATA the real scans."""
     spec = importlib.util.spec_from_file_location(
         "pretrain_vs_random", ROOT / "benchmarks" / "pretrain_vs_random.py"
     )
@@ -23,6 +22,13 @@ def pvr(monkeypatch, shared_data):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "DATA", shared_data)
+    return module
+
+
+@pytest.fixture()
+def pvr(monkeypatch, shared_data):
+    """The script as a module, its tapct calls recorded and faked, DATA the real scans."""
+    module = _load_script(monkeypatch, shared_data)
     calls: list[tuple[str, ...]] = []
 
     def fake_tapct(*args: str) -> float:
@@ -138,13 +144,7 @@ def test_the_verdict_says_who_is_ahead(pvr):
 
 def test_a_failing_tapct_step_ends_in_one_line(monkeypatch, capsys, tmp_path, shared_data):
     """The real tapct() turns a failed subprocess into one line (its own error is above)."""
-    spec = importlib.util.spec_from_file_location(
-        "pvr_real", ROOT / "benchmarks" / "pretrain_vs_random.py"
-    )
-    assert spec is not None and spec.loader is not None
-    real = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(real)
-    monkeypatch.setattr(real, "DATA", shared_data)
+    real = _load_script(monkeypatch, shared_data)  # tapct() not faked
     ran: list[list[str]] = []
 
     def failing_run(cmd):

@@ -126,20 +126,15 @@ def test_cpu_small_differs_from_the_paper_only_where_its_comments_say():
     from tapct_app.train.build import build_optim_config, objective_config
     from tapct_ssl import DINOv2ObjectiveConfig, OptimConfig
 
+    def changed(config, paper):
+        return {f.name for f in attrs.fields(type(paper))
+                if getattr(config, f.name) != getattr(paper, f.name)}  # fmt: skip
+
     cfg = resolve_pretrain_config("cpu_small", ["/scans"])
-    optim, paper_optim = build_optim_config(cfg), OptimConfig()
-    changed = {
-        f.name for f in attrs.fields(OptimConfig)
-        if getattr(optim, f.name) != getattr(paper_optim, f.name)
-    }  # fmt: skip
-    assert changed == {"base_lr", "warmup_teacher_temp", "teacher_temp"}
+    optim = build_optim_config(cfg)
+    assert changed(optim, OptimConfig()) == {"base_lr", "warmup_teacher_temp", "teacher_temp"}
     assert (optim.warmup_teacher_temp, optim.teacher_temp) == (0.005, 0.01)
-    objective, paper_objective = objective_config(cfg), DINOv2ObjectiveConfig()
-    changed = {
-        f.name for f in attrs.fields(DINOv2ObjectiveConfig)
-        if getattr(objective, f.name) != getattr(paper_objective, f.name)
-    }  # fmt: skip
-    assert changed == {"centering"} | {
+    assert changed(objective_config(cfg), DINOv2ObjectiveConfig()) == {"centering"} | {
         f"{head}_head_{key}" for head in ("dino", "ibot")
         for key in ("n_prototypes", "hidden_dim", "bottleneck_dim")
     }  # fmt: skip
